@@ -1,0 +1,96 @@
+"""Config keys of SAMPrompt (yacs)."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_sam_config(cfg):
+    """
+    Add the config keys of SAMPrompt to ``cfg`` (in place). Keys that already exist are kept as
+    they are, so calling this twice is harmless.
+    """
+    _C = cfg
+
+    _C.MODEL.SAM = CN()
+    # Architecture: "vit_b", "vit_l", "vit_h" (the official models, 1024-px input) or "custom",
+    # whose sizes come from MODEL.SAM.CUSTOM (small models for CPU tests and demos).
+    _C.MODEL.SAM.TYPE = "vit_b"
+    # Path to an official Segment Anything checkpoint (sam_vit_*.pth) or a state dict of the same
+    # layout. Loaded when the model is built; MODEL.WEIGHTS (a Detectron2 checkpoint) is applied after.
+    _C.MODEL.SAM.CHECKPOINT = ""
+
+    _C.MODEL.SAM.CUSTOM = CN()
+    # Side of the square encoder input (images are resized so that their longest side equals it).
+    _C.MODEL.SAM.CUSTOM.IMAGE_SIZE = 256
+    # ViT patch size; the image embedding has IMAGE_SIZE / PATCH_SIZE cells a side.
+    _C.MODEL.SAM.CUSTOM.PATCH_SIZE = 16
+    # Width, depth and heads of the ViT image encoder.
+    _C.MODEL.SAM.CUSTOM.ENCODER_EMBED_DIM = 96
+    _C.MODEL.SAM.CUSTOM.ENCODER_DEPTH = 2
+    _C.MODEL.SAM.CUSTOM.ENCODER_NUM_HEADS = 4
+    # Blocks that use global attention (the others use windowed attention).
+    _C.MODEL.SAM.CUSTOM.ENCODER_GLOBAL_ATTN_INDEXES = [1]
+    # Attention window of the windowed blocks, in embedding cells.
+    _C.MODEL.SAM.CUSTOM.ENCODER_WINDOW_SIZE = 8
+    # Channels of the image embedding and of the prompt tokens.
+    _C.MODEL.SAM.CUSTOM.PROMPT_EMBED_DIM = 64
+    # Hidden size of the mask decoder's two-way transformer MLP.
+    _C.MODEL.SAM.CUSTOM.DECODER_MLP_DIM = 256
+
+    _C.MODEL.SAM.PROMPT = CN()
+    # "box" or "point": how each ground-truth instance is turned into a prompt.
+    _C.MODEL.SAM.PROMPT.TYPE = "box"
+    # Positive points (inside the instance mask) and negative points (inside its box, outside the
+    # mask) per instance, for PROMPT.TYPE == "point".
+    _C.MODEL.SAM.PROMPT.NUM_POSITIVE_POINTS = 1
+    _C.MODEL.SAM.PROMPT.NUM_NEGATIVE_POINTS = 0
+    # Training-time box noise (SAM paper): each coordinate moves by a normal sample whose std is
+    # this fraction of the box side, clipped to BOX_JITTER_MAX_PIXELS.
+    _C.MODEL.SAM.PROMPT.BOX_JITTER_STD = 0.1
+    _C.MODEL.SAM.PROMPT.BOX_JITTER_MAX_PIXELS = 20.0
+
+    # Parts of SAM kept fixed during training.
+    _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False
+    _C.MODEL.SAM.FREEZE_PROMPT_ENCODER = False
+    _C.MODEL.SAM.FREEZE_MASK_DECODER = False
+
+    # With a single point prompt SAM is ambiguous: predict three masks, train on the one with the
+    # lowest loss and, at inference, keep the one with the highest predicted IoU (SAM paper).
+    _C.MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT = True
+
+    _C.MODEL.SAM.LOSS = CN()
+    # Weights of the per-instance losses (SAM paper: focal 20 : dice 1 : IoU-prediction MSE 1).
+    _C.MODEL.SAM.LOSS.FOCAL_WEIGHT = 20.0
+    _C.MODEL.SAM.LOSS.DICE_WEIGHT = 1.0
+    _C.MODEL.SAM.LOSS.IOU_WEIGHT = 1.0
+    # Sigmoid focal loss parameters (alpha < 0 disables the class balancing term).
+    _C.MODEL.SAM.LOSS.FOCAL_ALPHA = 0.25
+    _C.MODEL.SAM.LOSS.FOCAL_GAMMA = 2.0
+
+    # Prompts decoded together. The mask decoder copies the image embedding once per prompt, so
+    # this bounds memory; gradients of all chunks reach the image encoder. 0 = all prompts of an
+    # image at once (memory grows with the number of instances).
+    _C.MODEL.SAM.PROMPTS_PER_CHUNK = 32
+    # Train on at most this many (randomly chosen) instances per image; 0 = all of them.
+    # Inference always uses every prompt.
+    _C.MODEL.SAM.MAX_INSTANCES_PER_IMAGE = 0
+    # Mask logits above this are foreground.
+    _C.MODEL.SAM.MASK_THRESHOLD = 0.0
+
+    # When a training crop leaves no instance, try another crop of the same image this many times
+    # before the data loader draws another image.
+    _C.INPUT.CROP.MAX_RETRIES = 10
+    # Data problems (missing image, size mismatch, bad polygon, zero-area box): False = stop with an
+    # error naming the file and record; True = skip the record, log and count it.
+    _C.DATASETS.SKIP_INVALID = False
+
+    # Folder that holds datasets (DATASETS.ROOT/NAME/...). Names in DATASETS.TRAIN/TEST of the form
+    # NAME_train / NAME_test that are not registered yet are registered from there
+    # (see sam_prompt.data.register_dataset); "iwp_synthetic" is generated on first use.
+    _C.DATASETS.ROOT = "data"
+    # VIA region attribute that holds the class name ("" = the only attribute, or "object_name").
+    _C.DATASETS.VIA_CLASS_ATTRIBUTE = ""
+    # If not empty, every class becomes this one class (e.g. "iwp").
+    _C.DATASETS.MERGE_CLASSES = ""
+
+    # "SGD" (Detectron2's default) or "ADAMW" (what SAM was trained with).
+    _C.SOLVER.OPTIMIZER = "ADAMW"

@@ -1,0 +1,163 @@
+"""Training and evaluation plumbing shared by the entry points in ``tools/``."""
+
+import argparse
+import logging
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.evaluation import COCOEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils.logger import setup_logger
+
+from .config import add_sam_config
+from .data.register import register_dataset
+from .mapper import SAMDatasetMapper
+
+__all__ = ["Trainer", "argument_parser", "setup", "has_compiled_ops", "register_cfg_datasets"]
+
+logger = logging.getLogger(__name__)
+
+
+def has_compiled_ops():
+    """Whether detectron2 was built with its C++/CUDA ops (e.g. the fast COCOeval)."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "COCOevalEvaluateImages")
+
+
+def uses_sam(cfg):
+    return cfg.MODEL.META_ARCHITECTURE == "SAMPrompt"
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with SAMPrompt's mapper (train and test) and COCO bbox + segm evaluation."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = SAMDatasetMapper(cfg, is_train=True) if uses_sam(cfg) else None
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # Prompts come from the instances, so the test mapper keeps them.
+        mapper = SAMDatasetMapper(cfg, is_train=False) if uses_sam(cfg) else None
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name != "ADAMW":
+            raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: expected SGD or ADAMW")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        # Boxes of SAMPrompt are computed from its predicted masks, so box AP is meaningful.
+        return COCOEvaluator(
+            dataset_name,
+            tasks=("bbox", "segm"),
+            distributed=True,
+            output_dir=output_folder or cfg.OUTPUT_DIR,
+            use_fast_impl=has_compiled_ops(),
+            # IWP tiles hold up to ~313 instances: COCO's default of 100 would cut recall.
+            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
+
+
+def argument_parser():
+    """Detectron2's standard arguments, plus SAMPrompt's shorthands for config keys."""
+    parser = default_argument_parser()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--prompt", choices=("box", "point"), help="shorthand for MODEL.SAM.PROMPT.TYPE"
+    )
+    parser.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="train on NAME_train and test on NAME_test, found in --data-root/NAME "
+        "(Detectron2 JSON, COCO or VIA; 'iwp_synthetic' is generated on first use)",
+    )
+    parser.add_argument("--data-root", metavar="DIR", help="shorthand for DATASETS.ROOT")
+    parser.add_argument(
+        "--class-attribute", metavar="ATTR", help="shorthand for DATASETS.VIA_CLASS_ATTRIBUTE"
+    )
+    parser.add_argument(
+        "--merge-classes", metavar="NAME", help="shorthand for DATASETS.MERGE_CLASSES"
+    )
+    return parser
+
+
+def register_cfg_datasets(cfg):
+    """Register the NAME_train / NAME_test datasets of ``cfg`` that are not registered yet."""
+    known = set(DatasetCatalog.list())
+    names = set()
+    for d in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        if d not in known:
+            base, _, split = d.rpartition("_")
+            if split not in ("train", "test") or not base:
+                raise KeyError(
+                    f"Dataset {d!r} is not registered, and only NAME_train / NAME_test names are "
+                    f"found automatically (in DATASETS.ROOT={cfg.DATASETS.ROOT!r})"
+                )
+            names.add(base)
+    for base in sorted(names):
+        register_dataset(
+            base,
+            cfg.DATASETS.ROOT,
+            class_attribute=cfg.DATASETS.VIA_CLASS_ATTRIBUTE or None,
+            merge_classes=cfg.DATASETS.MERGE_CLASSES or None,
+            skip_invalid=cfg.DATASETS.SKIP_INVALID,
+        )
+
+
+def setup(args):
+    """Config from the file, the shorthand flags and the opts; datasets registered; logging."""
+    cfg = get_cfg()
+    add_sam_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    shorthands = []
+    if getattr(args, "prompt", None):
+        shorthands += ["MODEL.SAM.PROMPT.TYPE", args.prompt]
+    if getattr(args, "dataset", None):
+        shorthands += [
+            "DATASETS.TRAIN", (f"{args.dataset}_train",),
+            "DATASETS.TEST", (f"{args.dataset}_test",),
+        ]
+    for flag, key in (
+        ("data_root", "DATASETS.ROOT"),
+        ("class_attribute", "DATASETS.VIA_CLASS_ATTRIBUTE"),
+        ("merge_classes", "DATASETS.MERGE_CLASSES"),
+    ):
+        if getattr(args, flag, None):
+            shorthands += [key, getattr(args, flag)]
+    cfg.merge_from_list(shorthands)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        logging.getLogger("sam_prompt").warning("CUDA is not available: running on the CPU")
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="sam_prompt")
+    register_cfg_datasets(cfg)
+    return cfg
+
+
+def _rank():
+    from detectron2.utils import comm
+
+    return comm.get_rank()

@@ -1,0 +1,28 @@
+"""Install SAMPrompt (the ``sam_prompt`` package in ``projects/SAMPrompt``).
+
+torch and detectron2 are deliberately not listed: detectron2 is not on PyPI, and an unpinned torch
+would replace a user's own CUDA build. ``tools/setup_env.sh`` (run by ``make test``) installs both
+when they are missing and never replaces them when they are present.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sam-prompt",
+    version="0.1.0",
+    description="Fine-tune and evaluate Segment Anything with box/point prompts in Detectron2",
+    python_requires=">=3.9",
+    package_dir={"": "projects/SAMPrompt"},
+    packages=find_packages("projects/SAMPrompt", include=["sam_prompt", "sam_prompt.*"]),
+    install_requires=[
+        "segment-anything>=1.0",
+        "pycocotools>=2.0.6",
+        "fvcore",
+        "iopath",
+        "timm>=1.0.3",
+        "shapely>=2.0",
+        "scipy",
+        "tqdm",
+    ],
+    extras_require={"dev": ["pytest>=7"]},
+)

@@ -1,0 +1,94 @@
+"""Shared helpers of the tests: tiny configs, synthetic images and dataset dicts."""
+
+import os
+import sys
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "projects", "SAMPrompt", "configs")
+SHARED_IWP = os.path.join(REPO, "..", "shared", "data", "iwp-val")
+
+from sam_prompt import add_sam_config  # noqa: E402
+
+
+def tiny_cfg(**overrides):
+    """The instant-test config (tiny SAM, CPU) with KEY=VALUE overrides ("." as "__")."""
+    cfg = get_cfg()
+    add_sam_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, "sam_instant_test.yaml"))
+    opts = []
+    for k, v in overrides.items():
+        opts += [k.replace("__", "."), v]
+    cfg.merge_from_list(opts)
+    return cfg
+
+
+def polygon_ellipse(cx, cy, rx, ry, n=24, phase=0.0):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False) + phase
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
+
+
+def concave_polygon(cx, cy, r):
+    """A 'C' shape whose box centre lies outside the shape."""
+    outer = polygon_ellipse(cx, cy, r, r, 32)[8:25]  # left half-ring, outer edge
+    inner = polygon_ellipse(cx, cy, 0.7 * r, 0.7 * r, 32)[8:25][::-1]
+    return np.concatenate([outer, inner])
+
+
+def shapes_image(path, shapes, size=(192, 256), seed=0):
+    """
+    Write an RGB image with filled polygons and return its Detectron2 dataset dict.
+
+    Args:
+        shapes (list[tuple[ndarray[K, 2], int]]): polygon (x, y) and class.
+        size (tuple[int, int]): (h, w).
+    """
+    from PIL import ImageDraw
+
+    h, w = size
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray((rng.normal(90, 12, (h, w, 3))).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    colors = [(220, 190, 60), (60, 200, 220), (200, 80, 200)]
+    annos = []
+    for poly, cls in shapes:
+        draw.polygon([tuple(p) for p in poly], fill=colors[cls % len(colors)])
+        annos.append(
+            {
+                "segmentation": [poly.ravel().tolist()],
+                "bbox": [*poly.min(0).tolist(), *poly.max(0).tolist()],
+                "bbox_mode": 0,
+                "category_id": cls,
+            }
+        )
+    img.save(path)
+    return {"file_name": path, "height": h, "width": w, "image_id": os.path.basename(path), "annotations": annos}
+
+
+def two_image_dataset(folder):
+    """Two small images with four and three objects (two classes)."""
+    a = shapes_image(
+        os.path.join(folder, "a.png"),
+        [
+            (polygon_ellipse(50, 50, 30, 22), 0),
+            (polygon_ellipse(150, 60, 40, 28, 6), 1),
+            (polygon_ellipse(80, 140, 26, 36, 5, 0.3), 0),
+            (concave_polygon(190, 135, 40), 1),
+        ],
+        seed=1,
+    )
+    b = shapes_image(
+        os.path.join(folder, "b.png"),
+        [
+            (polygon_ellipse(60, 90, 45, 30, 7), 1),
+            (polygon_ellipse(170, 50, 30, 30), 0),
+            (polygon_ellipse(180, 140, 50, 25, 8, 0.5), 0),
+        ],
+        size=(200, 240),
+        seed=2,
+    )
+    return [a, b]

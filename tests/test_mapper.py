@@ -1,0 +1,170 @@
+"""SAMDatasetMapper: augmentation, crops, prompts, bad records."""
+
+import numpy as np
+import pytest
+import torch
+from common import concave_polygon, polygon_ellipse, shapes_image, tiny_cfg
+from detectron2.data import transforms as T
+from detectron2.structures import polygons_to_bitmask
+
+from sam_prompt import InvalidRecordError, SAMDatasetMapper
+from sam_prompt.prompts import interior_point
+
+
+def mapper(is_train, cfg=None, **kw):
+    args = SAMDatasetMapper.from_config(cfg or tiny_cfg(), is_train)
+    args.update(kw)
+    return SAMDatasetMapper(**args)
+
+
+@pytest.fixture
+def record(tmp_path):
+    return shapes_image(
+        str(tmp_path / "img.png"),
+        [(polygon_ellipse(60, 50, 30, 20), 0), (concave_polygon(170, 120, 45), 1)],
+        size=(192, 256),
+    )
+
+
+def test_eval_keeps_instances_with_tight_boxes(record):
+    out = mapper(False)(record)
+    inst = out["instances"]
+    assert len(inst) == 2
+    assert out["image"].shape == (3, 192, 256) and out["image"].dtype == torch.uint8
+    assert inst.gt_classes.tolist() == [0, 1]
+    # Eval prompts: the tight box of the visible mask, not jittered.
+    torch.testing.assert_close(inst.prompt_boxes.tensor, inst.gt_boxes.tensor)
+    x0, y0, x1, y1 = inst.gt_boxes.tensor[0].tolist()
+    assert abs(x0 - 30) <= 1 and abs(x1 - 90) <= 1 and abs(y0 - 30) <= 1 and abs(y1 - 70) <= 1
+    assert "annotations" not in out
+
+
+def test_train_boxes_are_jittered_within_limits(record):
+    cfg = tiny_cfg(INPUT__RANDOM_FLIP="none")
+    outs = [mapper(True, cfg)(record)["instances"] for _ in range(20)]
+    diffs = torch.stack([(o.prompt_boxes.tensor - o.gt_boxes.tensor).abs() for o in outs])
+    assert diffs.max() > 0.5  # jittered
+    assert diffs.max() <= 20.0 + 1e-4  # at most BOX_JITTER_MAX_PIXELS
+    # std is 10% of the side: the 60-px wide box moves by ~6 px on x, not more than ~4 sigma.
+    assert diffs[:, 0, 0].max() < 24
+
+
+def _inside(points, polygon, h, w):
+    mask = polygons_to_bitmask([polygon.ravel()], h, w)
+    cols = points[..., 0].long().clamp(0, w - 1)
+    rows = points[..., 1].long().clamp(0, h - 1)
+    return torch.as_tensor(mask)[rows, cols]
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_points_lie_inside_concave_masks(record, is_train):
+    cfg = tiny_cfg(MODEL__SAM__PROMPT__TYPE="point", MODEL__SAM__PROMPT__NUM_POSITIVE_POINTS=3,
+                   MODEL__SAM__PROMPT__NUM_NEGATIVE_POINTS=2, INPUT__RANDOM_FLIP="none")
+    m = mapper(is_train, cfg)
+    concave = np.asarray(record["annotations"][1]["segmentation"][0]).reshape(-1, 2)
+    for _ in range(10 if is_train else 1):
+        inst = m(record)["instances"]
+        pts, labels = inst.prompt_points[1], inst.prompt_labels[1]
+        assert pts.shape == (5, 2) and labels.tolist() == [1, 1, 1, 0, 0]
+        assert _inside(pts[:3], concave, 192, 256).all()
+        assert not _inside(pts[3:], concave, 192, 256).any()
+        # The box centre of the 'C' lies outside it: a centre point would be wrong.
+        box = inst.gt_boxes.tensor[1]
+        centre = torch.stack([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+        assert not _inside(centre[None], concave, 192, 256).any()
+
+
+def test_interior_point_is_farthest_from_boundary():
+    mask = np.zeros((20, 40), bool)
+    mask[2:18, 2:12] = True  # thin left part
+    mask[2:18, 20:38] = True  # wider right part
+    x, y = interior_point(mask)
+    assert 20 < x < 38 and 2 < y < 18
+
+
+def test_eval_prompts_identical_across_runs(record):
+    cfg = tiny_cfg(MODEL__SAM__PROMPT__TYPE="point", MODEL__SAM__PROMPT__NUM_POSITIVE_POINTS=3)
+    a = mapper(False, cfg)(record)["instances"]
+    np.random.seed(123)
+    b = mapper(False, cfg)(record)["instances"]
+    torch.testing.assert_close(a.prompt_points, b.prompt_points, rtol=0, atol=0)
+    torch.testing.assert_close(a.prompt_boxes.tensor, b.prompt_boxes.tensor, rtol=0, atol=0)
+
+
+def test_crop_that_empties_image_is_retried_then_dropped(record):
+    # A 40x40 crop of this image usually misses both objects; with retries disabled the
+    # mapper must return None (the data loader then draws another image) and count it.
+    m = mapper(
+        True,
+        augmentations=[T.RandomCrop("absolute", (8, 8))],
+        crop_retries=0,
+    )
+    record = dict(record, annotations=record["annotations"][:1])  # one small object
+    results = [m(record) for _ in range(30)]
+    assert any(r is None for r in results)
+    kept = [r for r in results if r is not None]
+    assert all(len(r["instances"]) > 0 for r in kept)
+    assert m.counts["training images with no instance after 1 crops (another image drawn)"] == sum(
+        r is None for r in results
+    )
+    # With retries, the same crop size finds the object far more often.
+    m2 = mapper(True, augmentations=[T.RandomCrop("absolute", (8, 8))], crop_retries=50)
+    assert sum(m2(record) is None for _ in range(30)) < sum(r is None for r in results)
+
+
+def test_crop_drops_instances_outside_and_clips_boxes(record):
+    m = mapper(True, augmentations=[_FixedCrop(0, 0, 120, 90)])
+    out = m(record)
+    inst = out["instances"]
+    assert out["image"].shape[-2:] == (90, 120)
+    assert len(inst) == 1 and inst.gt_classes.tolist() == [0]
+    assert (inst.gt_boxes.tensor[:, 2] <= 120).all() and (inst.gt_boxes.tensor[:, 3] <= 90).all()
+
+
+class _FixedCrop(T.Augmentation):
+    def __init__(self, x0, y0, w, h):
+        super().__init__()
+        self.x0, self.y0, self.w, self.h = x0, y0, w, h
+
+    def get_transform(self, image):
+        return T.CropTransform(self.x0, self.y0, self.w, self.h)
+
+
+def test_non_square_image_keeps_aspect(tmp_path):
+    rec = shapes_image(str(tmp_path / "wide.png"), [(polygon_ellipse(300, 40, 40, 20), 0)], size=(90, 400))
+    inst = mapper(False)(rec)["instances"]
+    assert inst.image_size == (90, 400)
+    x0, _, x1, _ = inst.gt_boxes.tensor[0].tolist()
+    assert abs(x0 - 260) <= 1 and abs(x1 - 340) <= 1
+
+
+# --- bad input ------------------------------------------------------------------------------
+def test_missing_image_names_the_file(record):
+    bad = dict(record, file_name="/nonexistent/tile_17.png")
+    with pytest.raises(InvalidRecordError, match="tile_17.png"):
+        mapper(False)(bad)
+
+
+def test_size_mismatch_names_the_file(record):
+    bad = dict(record, height=100)
+    with pytest.raises(InvalidRecordError, match=r"img\.png.*but its record says"):
+        mapper(True)(bad)
+
+
+@pytest.mark.parametrize(
+    "anno, why",
+    [
+        ({"segmentation": [[10, 10, 20, 20]], "bbox": [10, 10, 20, 20]}, "2 points"),
+        ({"segmentation": [[10, 10, 20, 10, 30, 10]], "bbox": [10, 10, 30, 10]}, "zero-area box"),
+        ({"segmentation": [[10, 10, 20, 10, 30, 10]]}, "zero-area polygon"),
+    ],
+)
+def test_bad_annotation_error_or_counted_skip(record, anno, why, sam_log):
+    bad = dict(record, annotations=record["annotations"] + [dict(anno, bbox_mode=0, category_id=0)])
+    with pytest.raises(InvalidRecordError, match=rf"img\.png.*annotation 2: .*{why}"):
+        mapper(False)(bad)
+    m = mapper(False, skip_invalid=True)
+    out = m(bad)
+    assert len(out["instances"]) == 2
+    assert sum(m.counts.values()) == 1
+    assert "annotation 2" in sam_log.text

@@ -1,0 +1,252 @@
+"""SAMPrompt: chunked decoding, losses, outputs, point prompts, DDP."""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from common import polygon_ellipse, shapes_image, tiny_cfg, two_image_dataset
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
+
+from sam_prompt import SAMDatasetMapper
+
+
+def build(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg(**overrides))
+
+
+@pytest.fixture(scope="module")
+def records():
+    folder = tempfile.mkdtemp()
+    recs = two_image_dataset(folder)
+    # Many instances on a third image: more prompts than one chunk.
+    shapes = [
+        (polygon_ellipse(20 + 30 * (i % 8), 20 + 30 * (i // 8), 10, 8, 12, 0.1 * i), i % 2)
+        for i in range(40)
+    ]
+    recs.append(shapes_image(os.path.join(folder, "many.png"), shapes, size=(160, 256), seed=3))
+    return recs
+
+
+def mapped(records, is_train=True, **overrides):
+    np.random.seed(0)
+    m = SAMDatasetMapper(tiny_cfg(INPUT__RANDOM_FLIP="none", **overrides), is_train)
+    return [m(r) for r in records]
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("prompt", ["box", "point"])
+def test_chunked_equals_one_shot_and_plain_autograd(records, prompt):
+    overrides = dict(MODEL__SAM__PROMPT__TYPE=prompt)
+    batch = mapped(records, **overrides)
+    results = {}
+    for chunk in (7, 0):
+        model = build(**overrides, MODEL__SAM__PROMPTS_PER_CHUNK=chunk)
+        model.train()
+        losses = model(batch)
+        sum(losses.values()).backward()
+        results[chunk] = ({k: v.detach() for k, v in losses.items()}, _grads(model))
+
+    # Reference: plain autograd through the same per-chunk loss, no custom Function.
+    model = build(**overrides)
+    model.train()
+    images, scales = model.preprocess_image(batch)
+    emb = model.sam.image_encoder(images)
+    total, n = 0, 0
+    for b, (x, s) in enumerate(zip(batch, scales)):
+        boxes, points = model._prompt_tensors(x["instances"], s)
+        total = total + model._chunk_loss(emb, (b, boxes, points, x["instances"].gt_masks, s))
+        n += len(x["instances"])
+    (total / n).sum().backward()
+    reference = _grads(model)
+
+    (l7, g7), (l0, g0) = results[7], results[0]
+    for k in l7:
+        torch.testing.assert_close(l7[k], l0[k], rtol=1e-5, atol=1e-6)
+    ref_terms = (total / n).detach()
+    torch.testing.assert_close(torch.stack(list(l7.values())), ref_terms, rtol=1e-5, atol=1e-6)
+    assert set(g7) == set(g0) >= set(reference)
+    # Parameters the prompts do not use get zero gradients (so DDP needs no unused-param search).
+    for k in set(g7) - set(reference):
+        assert g7[k].abs().max() == 0 and g0[k].abs().max() == 0, k
+    enc = [k for k in g7 if "image_encoder" in k]
+    assert enc and any(g7[k].abs().max() > 0 for k in enc), "encoder must receive gradients"
+    for k in reference:
+        scale = max(reference[k].abs().max().item(), 1e-3)
+        for g in (g7[k], g0[k]):
+            assert (g - reference[k]).abs().max().item() <= 1e-4 * scale + 1e-6, k
+
+
+def test_frozen_encoder_gets_no_gradient(records):
+    model = build(MODEL__SAM__FREEZE_IMAGE_ENCODER=True, MODEL__SAM__PROMPTS_PER_CHUNK=5)
+    model.train()
+    sum(model(mapped(records)).values()).backward()
+    grads = _grads(model)
+    assert not any("image_encoder" in k for k in grads)
+    assert any("mask_decoder" in k for k in grads)
+
+
+def test_loss_falls_when_overfitting_one_image(records):
+    model = build(MODEL__SAM__PROMPTS_PER_CHUNK=4)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    m = SAMDatasetMapper(tiny_cfg(), True)
+    history = []
+    for _ in range(60):
+        losses = model([m(records[0])])
+        loss = sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert np.isfinite(history).all()
+    assert np.mean(history[-5:]) < 0.5 * np.mean(history[:5])
+
+
+def test_inference_outputs(records):
+    model = build(MODEL__SAM__PROMPTS_PER_CHUNK=16)
+    model.eval()
+    batch = mapped(records, is_train=False)
+    batch[2]["height"], batch[2]["width"] = 320, 512  # ask for another output size
+    with torch.no_grad():
+        outs = model(batch)
+    for x, out in zip(batch, outs):
+        inst = out["instances"]
+        n = len(x["instances"])
+        assert len(inst) == n
+        assert inst.image_size == (x["height"], x["width"])
+        assert inst.pred_masks.shape == (n, x["height"], x["width"])
+        assert inst.pred_masks.dtype == torch.bool
+        assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
+        assert torch.equal(inst.pred_classes, x["instances"].gt_classes)
+        # Boxes come from the predicted masks, not from the prompts.
+        expected = BitMasks(inst.pred_masks).get_bounding_boxes().tensor
+        torch.testing.assert_close(inst.pred_boxes.tensor, expected)
+
+
+def test_image_with_no_instances(records):
+    model = build()
+    x = mapped(records[:1], is_train=False)[0]
+    x["instances"] = x["instances"][:0]
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([x])
+    assert len(out["instances"]) == 0
+    assert out["instances"].pred_masks.shape == (0, x["height"], x["width"])
+    model.train()
+    losses = model([x])
+    assert all(v.item() == 0 for v in losses.values())
+    sum(losses.values()).backward()  # keeps every parameter in the graph
+
+
+def test_large_non_square_image_is_resized_not_cropped(tmp_path):
+    # 200 x 600 is wider than the 256-px encoder: it must be scaled to 86 x 256, not cut.
+    rec = shapes_image(str(tmp_path / "wide.png"), [(polygon_ellipse(540, 100, 40, 60), 1)], size=(200, 600))
+    model = build(MODEL__SAM__PROMPTS_PER_CHUNK=4)
+    x = SAMDatasetMapper(tiny_cfg(), False)(rec)
+    images, scales = model.preprocess_image([x])
+    assert images.shape == (1, 3, 256, 256)
+    sy, sx, nh, nw = scales[0]
+    assert (nh, nw) == (85, 256) or (nh, nw) == (86, 256)
+    # The far-right object is still in the encoder input (not normalised-zero padding).
+    assert images[0, :, 20:60, 220:250].abs().sum() > 0
+    boxes, _ = model._prompt_tensors(x["instances"], scales[0])
+    assert boxes[0, 2] <= 256 and boxes[0, 0] > 200
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([x])
+    assert out["instances"].pred_masks.shape == (1, 200, 600)
+
+
+def test_point_prompts_train_on_best_of_three(records):
+    model = build(MODEL__SAM__PROMPT__TYPE="point", MODEL__SAM__PROMPTS_PER_CHUNK=8)
+    batch = mapped(records, MODEL__SAM__PROMPT__TYPE="point")
+    b, boxes, points = 0, None, None
+    images, scales = model.preprocess_image(batch[:1])
+    emb = model.sam.image_encoder(images)
+    _, points = model._prompt_tensors(batch[0]["instances"], scales[0])
+    logits, iou = model._decode(emb, None, points, model._multimask(points))
+    assert logits.shape[1] == 3 and iou.shape[1] == 3
+    model.train()
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_instance_cap_limits_training_prompts(records):
+    model = build(MODEL__SAM__MAX_INSTANCES_PER_IMAGE=5)
+    model.train()
+    seen = []
+    original = model._chunk_loss
+
+    def spy(emb, chunk):
+        seen.append(len(chunk[3]))
+        return original(emb, chunk)
+
+    model._chunk_loss = spy
+    model(mapped(records))
+    assert sum(seen) == 4 + 3 + 5  # images of 4, 3 and 40 instances
+
+
+def test_autocast_bf16_on_cpu(records):
+    model = build(MODEL__SAM__PROMPTS_PER_CHUNK=8)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(mapped(records[:2]))
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(torch.isfinite(g).all() for g in _grads(model).values())
+
+
+def test_unequal_loss_weights_downstream_are_refused(records):
+    model = build(MODEL__SAM__PROMPTS_PER_CHUNK=8)
+    model.train()
+    losses = model(mapped(records[:1]))
+    with pytest.raises(RuntimeError, match="equal weights"):
+        (losses["loss_mask_focal"] * 2 + losses["loss_mask_dice"] + losses["loss_iou"]).backward()
+
+
+# --- DDP (gloo, two CPU processes) ----------------------------------------------------------
+def _ddp_worker(rank, world, port, recs, out_dir):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = build(MODEL__SAM__PROMPTS_PER_CHUNK=3)
+        model.train()
+        ddp = DistributedDataParallel(model, broadcast_buffers=False)
+        losses = ddp(mapped([recs[rank]]))
+        sum(losses.values()).backward()
+        torch.save(_grads(model), os.path.join(out_dir, f"grads{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_averages_gradients_of_chunked_loss(records, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, records[:2], str(tmp_path)), nprocs=2)
+    g0 = torch.load(tmp_path / "grads0.pt")
+    g1 = torch.load(tmp_path / "grads1.pt")
+    single = []
+    for r in records[:2]:
+        model = build(MODEL__SAM__PROMPTS_PER_CHUNK=3)
+        model.train()
+        sum(model(mapped([r])).values()).backward()
+        single.append(_grads(model))
+    for k in single[0]:
+        expected = (single[0][k] + single[1][k]) / 2
+        torch.testing.assert_close(g0[k], g1[k])
+        scale = max(expected.abs().max().item(), 1e-3)
+        assert (g0[k] - expected).abs().max().item() <= 1e-4 * scale + 1e-6, k
