@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 
 import torch
 from detectron2.config import get_cfg
@@ -153,6 +154,7 @@ def setup(args):
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="sam_prompt")
+    logging.getLogger("sam_prompt").info(f"SAMPrompt from {os.path.dirname(os.path.abspath(__file__))}")
     register_cfg_datasets(cfg)
     return cfg
 

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""
+Peak memory and throughput of a SAMPrompt training step versus instances per image, with chunked
+decoding (MODEL.SAM.PROMPTS_PER_CHUNK) and with one-shot decoding (all prompts at once).
+
+    python benchmarks/train_memory.py [--device cuda] [--counts 50 100 200 400] [--chunk 16]
+
+Each configuration runs in a fresh process. Memory is the peak above the level before the step:
+on CUDA from torch.cuda's allocator statistics; on the CPU from the process's peak resident set
+(VmHWM, reset through /proc/self/clear_refs), with glibc told to return large blocks to the
+system at once (MALLOC_MMAP_THRESHOLD_) so that freed tensors do not hide later peaks. The last
+line is
+
+    peak_mem_ratio_400_vs_50=<chunked> one_shot_ratio=<one-shot> throughput_chunked_vs_one_shot=<x>
+
+where the throughput ratio is the lowest over the instance counts.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "projects", "SAMPrompt"))
+
+
+def _rss_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(n, chunk, device, steps, image_size):
+    """Run in a child process: one configuration, printed as JSON."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from PIL import Image
+
+    from sam_prompt import SAMDatasetMapper, add_sam_config
+
+    cfg = get_cfg()
+    add_sam_config(cfg)
+    cfg.merge_from_file(os.path.join(HERE, "..", "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.SAM.PROMPTS_PER_CHUNK", chunk, "INPUT.RANDOM_FLIP", "none"])
+
+    # One image with n small elliptic objects on a grid.
+    side = int(np.ceil(np.sqrt(n)))
+    cell = image_size / side
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 120, (image_size, image_size, 3), dtype=np.uint8)
+    annos = []
+    t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    for i in range(n):
+        cx, cy = (i % side + 0.5) * cell, (i // side + 0.5) * cell
+        poly = np.stack([cx + 0.35 * cell * np.cos(t), cy + 0.3 * cell * np.sin(t)], 1)
+        annos.append({"segmentation": [poly.ravel().tolist()], "bbox": [*poly.min(0), *poly.max(0)], "bbox_mode": 0, "category_id": 0})
+    path = os.path.join(tempfile.mkdtemp(), "bench.png")
+    Image.fromarray(img).save(path)
+    record = {"file_name": path, "height": image_size, "width": image_size, "image_id": 0, "annotations": annos}
+    mapper = SAMDatasetMapper(cfg, is_train=True)
+    batch = [mapper(record)]
+    assert len(batch[0]["instances"]) == n
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+
+    def step():
+        losses = model(batch)
+        sum(losses.values()).backward()
+        model.zero_grad(set_to_none=True)
+
+    if device == "cuda":
+        step()  # warm-up (cuDNN, allocator)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        base = _rss_kb("VmRSS:")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set (VmHWM)
+        step()
+        peak_mb = (_rss_kb("VmHWM:") - base) / 1024
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    print(json.dumps({"n": n, "chunk": chunk, "peak_mb": peak_mb, "step_s": dt, "inst_per_s": n / dt}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--counts", type=int, nargs="+", default=[50, 100, 200, 400])
+    parser.add_argument("--chunk", type=int, default=32, help="prompts per chunk (the default of MODEL.SAM.PROMPTS_PER_CHUNK)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return measure(args.child[0], args.child[1], args.device, args.steps, args.image_size)
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONWARNINGS="ignore")
+    rows = {}
+    print(f"device={args.device} chunk={args.chunk} (0 = one-shot) image={args.image_size}px tiny SAM")
+    print(f"{'instances':>9} {'mode':>9} {'peak MB':>9} {'step s':>8} {'inst/s':>8}")
+    for n in args.counts:
+        for chunk in (args.chunk, 0):
+            out = subprocess.run(
+                [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
+                 "--image-size", str(args.image_size), "--child", str(n), str(chunk)],
+                env=env, capture_output=True, text=True, check=False,
+            )
+            if out.returncode:
+                sys.exit(f"configuration n={n} chunk={chunk} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[(n, chunk)] = r
+            mode = "chunked" if chunk else "one-shot"
+            print(f"{n:>9} {mode:>9} {r['peak_mb']:>9.1f} {r['step_s']:>8.3f} {r['inst_per_s']:>8.1f}", flush=True)
+    lo, hi = min(args.counts), max(args.counts)
+    chunked_ratio = rows[(hi, args.chunk)]["peak_mb"] / rows[(lo, args.chunk)]["peak_mb"]
+    one_shot_ratio = rows[(hi, 0)]["peak_mb"] / rows[(lo, 0)]["peak_mb"]
+    throughput = min(rows[(n, args.chunk)]["inst_per_s"] / rows[(n, 0)]["inst_per_s"] for n in args.counts)
+    print(
+        f"peak_mem_ratio_{hi}_vs_{lo}={chunked_ratio:.2f} one_shot_ratio={one_shot_ratio:.2f} "
+        f"throughput_chunked_vs_one_shot={throughput:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
