@@ -15,6 +15,11 @@ $(STAMP): tools/setup_env.sh setup.py
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Synthetic IWP data (generated once), a small SAM trained on the CPU, COCO AP against the
+# filled-prompt-box baseline, overlays in output/demo/overlays.
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/train_memory.py
 

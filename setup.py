@@ -23,6 +23,7 @@ setup(
         "shapely>=2.0",
         "scipy",
         "tqdm",
+        "opencv-python-headless",  # detectron2.utils.visualizer
     ],
     extras_require={"dev": ["pytest>=7"]},
 )

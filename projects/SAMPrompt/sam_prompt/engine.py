@@ -30,8 +30,12 @@ def has_compiled_ops():
     return hasattr(_C, "COCOevalEvaluateImages")
 
 
+# Meta-architectures whose inputs carry prompts made by SAMDatasetMapper.
+PROMPTED_META_ARCHITECTURES = {"SAMPrompt", "FilledPromptBox"}
+
+
 def uses_sam(cfg):
-    return cfg.MODEL.META_ARCHITECTURE == "SAMPrompt"
+    return cfg.MODEL.META_ARCHITECTURE in PROMPTED_META_ARCHITECTURES
 
 
 class Trainer(DefaultTrainer):
