@@ -1,5 +1,8 @@
+import logging
 import os
 import sys
+
+import pytest
 
 # Tests import their helpers as `common`, and the project by folder, as tools/train_net.py does.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -7,9 +10,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "projects", "SAMPrompt"))
 
 
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """COCO ground-truth conversions go to a temporary folder, not the user's cache."""
+    os.environ["SAMPROMPT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

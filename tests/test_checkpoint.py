@@ -7,7 +7,7 @@ from common import polygon_ellipse, shapes_image, tiny_cfg
 from detectron2.modeling import build_model
 
 from sam_prompt import SAMDatasetMapper, build_sam
-from sam_prompt.build_sam import sam_arch_from_cfg
+from sam_prompt.modeling.build_sam import sam_arch_from_cfg
 
 
 @pytest.fixture

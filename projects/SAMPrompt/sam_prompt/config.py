@@ -94,3 +94,15 @@ def add_sam_config(cfg):
 
     # "SGD" (Detectron2's default) or "ADAMW" (what SAM was trained with).
     _C.SOLVER.OPTIMIZER = "ADAMW"
+
+    _C.MODEL.TIMM = CN()
+    # timm model with features_only support, e.g. "mvitv2_tiny", "mvitv2_small", "mvitv2_base".
+    _C.MODEL.TIMM.NAME = "mvitv2_tiny"
+    # Feature levels it returns (named res2..res5 by stride for the FPN).
+    _C.MODEL.TIMM.OUT_INDICES = [0, 1, 2, 3]
+    # Fixed input size of models that need one (MViTv2, ViT); inputs are padded to it. 0 = none.
+    _C.MODEL.TIMM.IMG_SIZE = 512
+    # Local file of the full timm model's weights (nothing is downloaded). "" = random init.
+    _C.MODEL.TIMM.PRETRAINED_FILE = ""
+    # 0 trains everything; 1 freezes the stem; k freezes the stem and the first k - 1 stages.
+    _C.MODEL.TIMM.FREEZE_AT = 0

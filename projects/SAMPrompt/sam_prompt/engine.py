@@ -1,15 +1,24 @@
 """Training and evaluation plumbing shared by the entry points in ``tools/``."""
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import add_sam_config
@@ -72,6 +81,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        coco_ground_truth(dataset_name)
         # Boxes of SAMPrompt are computed from its predicted masks, so box AP is meaningful.
         return COCOEvaluator(
             dataset_name,
@@ -82,6 +92,26 @@ class Trainer(DefaultTrainer):
             # IWP tiles hold up to ~313 instances: COCO's default of 100 would cut recall.
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         )
+
+
+def coco_ground_truth(dataset_name):
+    """
+    Point ``json_file`` of a dataset without one at its COCO conversion, cached under a name
+    that includes a digest of the records, so that an edited or regenerated dataset is never
+    evaluated against a stale conversion (COCOEvaluator's own cache is keyed by name only).
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    if "json_file" in meta.as_dict():
+        return meta.json_file
+    records = DatasetCatalog.get(dataset_name)
+    digest = hashlib.sha1(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
+    folder = os.environ.get("SAMPROMPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "samprompt"))
+    path = os.path.join(folder, "coco_gt", f"{dataset_name}_{digest[:16]}.json")
+    if comm.is_main_process() and not os.path.exists(path):
+        convert_to_coco_json(dataset_name, path, allow_cached=False)
+    comm.synchronize()
+    meta.json_file = path
+    return path
 
 
 def argument_parser():
@@ -157,13 +187,8 @@ def setup(args):
         logging.getLogger("sam_prompt").warning("CUDA is not available: running on the CPU")
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="sam_prompt")
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sam_prompt")
     logging.getLogger("sam_prompt").info(f"SAMPrompt from {os.path.dirname(os.path.abspath(__file__))}")
     register_cfg_datasets(cfg)
     return cfg
 
-
-def _rank():
-    from detectron2.utils import comm
-
-    return comm.get_rank()
