@@ -10,7 +10,7 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "projects", "SAMPrompt", "configs")
-SHARED_IWP = os.path.join(REPO, "..", "shared", "data", "iwp-val")
+SHARED_IWP = os.environ.get("SAMPROMPT_IWP_VAL", os.path.join(REPO, "..", "shared", "data", "iwp-val"))
 
 from sam_prompt import add_sam_config  # noqa: E402
 

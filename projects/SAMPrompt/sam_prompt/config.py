@@ -106,3 +106,19 @@ def add_sam_config(cfg):
     _C.MODEL.TIMM.PRETRAINED_FILE = ""
     # 0 trains everything; 1 freezes the stem; k freezes the stem and the first k - 1 stages.
     _C.MODEL.TIMM.FREEZE_AT = 0
+
+    # Where prompts come from: "ground_truth" (the instances of each image) or "detector" (boxes,
+    # classes and scores of a detector: MODEL.SAM.DETECTOR). Detector prompts are for evaluation
+    # and prediction; training always uses ground-truth prompts.
+    _C.MODEL.SAM.PROMPT.SOURCE = "ground_truth"
+    _C.MODEL.SAM.DETECTOR = CN()
+    # (a) A Detectron2 detector run in the same process: its config file and weights.
+    _C.MODEL.SAM.DETECTOR.CONFIG_FILE = ""
+    _C.MODEL.SAM.DETECTOR.WEIGHTS = ""
+    # (b) Or a COCO results file (e.g. the coco_instances_results.json of COCOEvaluator).
+    _C.MODEL.SAM.DETECTOR.RESULTS_FILE = ""
+    # Detections scoring less are not used as prompts.
+    _C.MODEL.SAM.DETECTOR.SCORE_THRESHOLD = 0.05
+    # Score of each mask: "detector" (the detection's score) or "detector_x_iou" (times SAM's
+    # predicted IoU).
+    _C.MODEL.SAM.DETECTOR.SCORE_MODE = "detector"

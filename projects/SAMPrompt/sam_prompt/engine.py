@@ -58,7 +58,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # Prompts come from the instances, so the test mapper keeps them.
-        mapper = SAMDatasetMapper(cfg, is_train=False) if uses_sam(cfg) else None
+        mapper = SAMDatasetMapper(cfg, is_train=False, dataset_name=dataset_name) if uses_sam(cfg) else None
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod

@@ -109,6 +109,9 @@ class SAMDatasetMapper:
     4. Make prompts: training prompts are random (jittered boxes; points sampled inside the
        mask), evaluation prompts are deterministic.
 
+    With ``detections`` (evaluation only), the prompts are the detector's boxes of the image
+    instead, with its classes (``gt_classes``) and scores (``det_scores``).
+
     Instances are kept at evaluation too (prompts come from them). The output ``instances`` hold
     ``gt_boxes`` (tight boxes of the visible masks), ``gt_classes``, ``gt_masks``,
     ``prompt_boxes`` (Boxes), ``prompt_points`` (N, P, 2) and ``prompt_labels`` (N, P).
@@ -128,6 +131,7 @@ class SAMDatasetMapper:
         box_jitter_max_pixels=20.0,
         crop_retries=10,
         skip_invalid=False,
+        detections=None,
     ):
         if prompt_type not in ("box", "point"):
             raise ValueError(f"prompt type must be 'box' or 'point', got {prompt_type!r}")
@@ -143,11 +147,14 @@ class SAMDatasetMapper:
         self.box_jitter_max_pixels = box_jitter_max_pixels
         self.crop_retries = crop_retries
         self.skip_invalid = skip_invalid
+        if detections is not None and (is_train or prompt_type != "box"):
+            raise ValueError("detector prompts are boxes, for evaluation (not training)")
+        self.detections = detections
         self.counts = Counter()
         logger.info(f"[SAMDatasetMapper] is_train={is_train} augmentations: {augmentations}")
 
     @classmethod
-    def from_config(cls, cfg, is_train=True):
+    def from_config(cls, cfg, is_train=True, dataset_name=None):
         augs = utils.build_augmentation(cfg, is_train)
         if cfg.INPUT.CROP.ENABLED and is_train:
             augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
@@ -163,12 +170,15 @@ class SAMDatasetMapper:
             "box_jitter_max_pixels": p.BOX_JITTER_MAX_PIXELS,
             "crop_retries": cfg.INPUT.CROP.MAX_RETRIES,
             "skip_invalid": cfg.DATASETS.SKIP_INVALID,
+            "detections": _detections_from_cfg(cfg, is_train, dataset_name),
         }
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
         image = self._read_image(d)
+        if self.detections is not None:
+            return self._with_detections(d, image)
         annos = self._valid_annotations(d)
 
         attempts = 1 + (self.crop_retries if self.is_train else 0)
@@ -268,6 +278,29 @@ class SAMDatasetMapper:
             instances.gt_masks = PolygonMasks([[p.ravel() for p in ps] for ps in polys_out])
         return instances, masks
 
+    def _with_detections(self, d, image):
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        h, w = aug_input.image.shape[:2]
+        boxes, classes, scores = self.detections.get(
+            d.get("image_id"), (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        )
+        boxes = transforms.apply_box(boxes).clip(min=0) if len(boxes) else boxes
+        boxes = np.minimum(boxes, [w, h, w, h])
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(torch.as_tensor(boxes[keep], dtype=torch.float32))
+        instances.prompt_boxes = instances.gt_boxes.clone()
+        instances.gt_classes = torch.as_tensor(classes[keep], dtype=torch.int64)
+        instances.det_scores = torch.as_tensor(scores[keep], dtype=torch.float32)
+        n = int(keep.sum())
+        instances.prompt_points = torch.zeros((n, 0, 2))
+        instances.prompt_labels = torch.zeros((n, 0), dtype=torch.int64)
+        d["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        d["instances"] = instances
+        d.pop("annotations", None)
+        return d
+
     def _add_prompts(self, instances, masks, d):
         n = len(instances)
         boxes = instances.gt_boxes.tensor.numpy().astype(np.float64)
@@ -296,6 +329,15 @@ class SAMDatasetMapper:
         instances.prompt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
         instances.prompt_points = torch.as_tensor(points)
         instances.prompt_labels = torch.as_tensor(labels)
+
+
+def _detections_from_cfg(cfg, is_train, dataset_name):
+    det = cfg.MODEL.SAM.DETECTOR
+    if is_train or cfg.MODEL.SAM.PROMPT.SOURCE != "detector" or not det.RESULTS_FILE:
+        return None
+    from .detections import load_detections
+
+    return load_detections(det.RESULTS_FILE, dataset_name, det.SCORE_THRESHOLD)
 
 
 def _paste(local, box, h, w):

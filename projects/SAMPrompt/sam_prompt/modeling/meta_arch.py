@@ -10,6 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask
 from torch import nn
 
+from ..detections import build_detector, run_detector
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
 from .losses import chunked_loss, mask_losses
 
@@ -49,6 +50,9 @@ class SAMPrompt(nn.Module):
         max_instances_per_image=0,
         mask_threshold=0.0,
         freeze=(),
+        detector=None,
+        detector_score_threshold=0.05,
+        score_mode="detector",
     ):
         """
         Args:
@@ -63,6 +67,11 @@ class SAMPrompt(nn.Module):
             mask_threshold (float): logit threshold of foreground pixels.
             freeze (iterable[str]): names of SAM parts kept fixed: "image_encoder",
                 "prompt_encoder", "mask_decoder".
+            detector (tuple): (model, resize, input format) of a detector whose boxes replace
+                the inputs' prompts at inference (see ``detections.build_detector``).
+            detector_score_threshold (float): detections scoring less are not used.
+            score_mode (str): score of masks prompted by detections: "detector" or
+                "detector_x_iou" (times SAM's predicted IoU).
         """
         super().__init__()
         if prompt_type not in ("box", "point"):
@@ -82,6 +91,11 @@ class SAMPrompt(nn.Module):
         for part in freeze:
             for p in getattr(self.sam, part).parameters():
                 p.requires_grad_(False)
+        if score_mode not in ("detector", "detector_x_iou"):
+            raise ValueError(f"MODEL.SAM.DETECTOR.SCORE_MODE={score_mode!r}: detector or detector_x_iou")
+        self.detector, self.detector_resize, self.detector_format = detector or (None, None, None)
+        self.detector_score_threshold = detector_score_threshold
+        self.score_mode = score_mode
 
     @classmethod
     def from_config(cls, cfg):
@@ -98,7 +112,15 @@ class SAMPrompt(nn.Module):
             ]
             if on
         ]
+        detector = None
+        if s.PROMPT.SOURCE == "detector" and s.DETECTOR.CONFIG_FILE:
+            detector = build_detector(s.DETECTOR.CONFIG_FILE, s.DETECTOR.WEIGHTS, cfg.MODEL.DEVICE)
+        elif s.PROMPT.SOURCE not in ("ground_truth", "detector"):
+            raise ValueError(f"MODEL.SAM.PROMPT.SOURCE={s.PROMPT.SOURCE!r}: ground_truth or detector")
         return {
+            "detector": detector,
+            "detector_score_threshold": s.DETECTOR.SCORE_THRESHOLD,
+            "score_mode": s.DETECTOR.SCORE_MODE,
             "sam": sam,
             "prompt_type": s.PROMPT.TYPE,
             "input_format": cfg.INPUT.FORMAT,
@@ -278,11 +300,27 @@ class SAMPrompt(nn.Module):
         return F.pad(out, (0, max(w - out.shape[-1], 0), 0, max(h - out.shape[-2], 0)))[:, :h, :w]
 
     # ------------------------------------------------------------------------------------------
+    def _detector_prompts(self, batched_inputs):
+        """Prompt instances made from the in-process detector's detections."""
+        out = []
+        for det in run_detector(
+            self.detector, self.detector_resize, self.detector_format, batched_inputs, self.input_format
+        ):
+            det = det[det.scores >= self.detector_score_threshold]
+            inst = Instances(det.image_size)
+            inst.prompt_boxes = det.pred_boxes
+            inst.gt_classes = det.pred_classes
+            inst.det_scores = det.scores
+            out.append(inst)
+        return out
+
     @torch.no_grad()
     def inference(self, batched_inputs, embeddings, scales):
         results = []
+        if self.detector is not None:
+            detections = self._detector_prompts(batched_inputs)
         for b, (x, scale) in enumerate(zip(batched_inputs, scales)):
-            inst = self._instances(x)
+            inst = self._instances(x) if self.detector is None else detections[b]
             in_h, in_w = x["image"].shape[-2:]
             out_h, out_w = x.get("height", in_h), x.get("width", in_w)
             boxes, points = self._prompt_tensors(inst, scale)
@@ -301,6 +339,9 @@ class SAMPrompt(nn.Module):
                 logits = self.sam.postprocess_masks(logits, scale[2:], (out_h, out_w))
                 masks[sl] = logits[:, 0] > self.mask_threshold
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
+            if inst.has("det_scores"):  # prompted by a detector: rank by its confidence
+                det_scores = inst.det_scores.to(self.device)
+                scores = det_scores * scores if self.score_mode == "detector_x_iou" else det_scores
             result = Instances((out_h, out_w))
             result.pred_masks = masks
             result.pred_boxes = BitMasks(masks).get_bounding_boxes().to(self.device)

@@ -1,0 +1,128 @@
+"""Detector-assisted SAM: prompts from a COCO results file or from a detector in the process."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from common import CONFIGS, tiny_cfg, two_image_dataset
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+
+from sam_prompt import SAMDatasetMapper
+from sam_prompt.engine import Trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny SAM trained briefly on two images (box prompts), and the dataset."""
+    folder = tmp_path_factory.mktemp("two")
+    records = two_image_dataset(str(folder))
+    for r, i in zip(records, (11, 12)):
+        r["image_id"] = i
+    name = "det_two"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: records)
+    # Results files use the dataset's own ids: here 1 and 2 for contiguous 0 and 1.
+    MetadataCatalog.get(name).set(thing_classes=["a", "b"], thing_dataset_id_to_contiguous_id={1: 0, 2: 1})
+    torch.manual_seed(0)
+    np.random.seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mapper = SAMDatasetMapper(cfg, is_train=True)
+    for _ in range(200):
+        losses = model([mapper(r) for r in records])
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    model.eval()
+    return model, records, name, folder
+
+
+def _results(records):
+    """Detections: each object's box moved by 2 px, with a score and the file's class ids."""
+    out = []
+    rng = np.random.default_rng(0)
+    for r in records:
+        for a in r["annotations"]:
+            x0, y0, x1, y1 = a["bbox"]
+            x0, y0 = x0 + rng.uniform(-2, 2), y0 + rng.uniform(-2, 2)
+            out.append(
+                {
+                    "image_id": r["image_id"],
+                    "category_id": a["category_id"] + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(rng.uniform(0.3, 1.0)),
+                }
+            )
+    out.append({"image_id": records[0]["image_id"], "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.01})
+    return out
+
+
+def test_prompts_from_results_file(trained, tmp_path):
+    model, records, name, _ = trained
+    results = _results(records)
+    path = tmp_path / "coco_instances_results.json"
+    path.write_text(json.dumps(results))
+    cfg = tiny_cfg(
+        MODEL__SAM__PROMPT__SOURCE="detector",
+        MODEL__SAM__DETECTOR__RESULTS_FILE=str(path),
+        MODEL__SAM__DETECTOR__SCORE_THRESHOLD=0.1,
+    )
+    loader = Trainer.build_test_loader(cfg, name)
+    margin = 4
+    for (x,) in loader:
+        with torch.no_grad():
+            inst = model([x])[0]["instances"]
+        dets = [r for r in results if r["image_id"] == x["image_id"] and r["score"] >= 0.1]
+        assert len(inst) == len(dets)  # the 0.01 detection is below the threshold
+        assert inst.pred_classes.tolist() == [d["category_id"] - 1 for d in dets]
+        torch.testing.assert_close(inst.scores, torch.tensor([d["score"] for d in dets]))
+        for mask, d in zip(inst.pred_masks, dets):
+            x0, y0, w, h = d["bbox"]
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert len(xs) > 0.5 * w * h * 0.6  # a real mask, not a speck
+            assert xs.min() >= x0 - margin and xs.max() <= x0 + w + margin
+            assert ys.min() >= y0 - margin and ys.max() <= y0 + h + margin
+
+
+def test_results_file_with_unknown_class_is_refused(trained, tmp_path):
+    _, records, name, _ = trained
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"image_id": 11, "category_id": 7, "bbox": [0, 0, 5, 5], "score": 0.9}]))
+    cfg = tiny_cfg(MODEL__SAM__PROMPT__SOURCE="detector", MODEL__SAM__DETECTOR__RESULTS_FILE=str(path))
+    with pytest.raises(ValueError, match=r"bad\.json.*category_id 7"):
+        Trainer.build_test_loader(cfg, name)
+
+
+def test_detector_in_process(trained, tmp_path):
+    model, records, name, _ = trained
+    det_cfg = tmp_path / "det.yaml"
+    det_cfg.write_text(
+        '_BASE_: "%s"\nMODEL:\n  ROI_HEADS:\n    SCORE_THRESH_TEST: 0.0\n'
+        % os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml")
+    )
+    torch.manual_seed(1)
+    cfg = tiny_cfg(
+        MODEL__SAM__PROMPT__SOURCE="detector",
+        MODEL__SAM__DETECTOR__CONFIG_FILE=str(det_cfg),
+        MODEL__SAM__DETECTOR__SCORE_THRESHOLD=0.0,
+        MODEL__SAM__DETECTOR__SCORE_MODE="detector_x_iou",
+    )
+    sam = build_model(cfg)
+    sam.sam.load_state_dict(model.sam.state_dict())
+    sam.eval()
+    x = SAMDatasetMapper(cfg, is_train=False)(records[0])
+    with torch.no_grad():
+        (out,) = sam([x])
+        dets = sam._detector_prompts([x])[0]
+    inst = out["instances"]
+    assert len(inst) == len(dets) > 0  # a random detector still proposes boxes at threshold 0
+    assert torch.equal(inst.pred_classes, dets.gt_classes)
+    assert (inst.scores <= dets.det_scores + 1e-6).all()  # detector score x IoU in [0, 1]
+    assert inst.pred_masks.shape[1:] == (x["height"], x["width"])
