@@ -28,15 +28,14 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sam_prompt import SAMDatasetMapper, add_sam_config  # noqa: E402
-from sam_prompt.engine import Trainer, register_cfg_datasets  # noqa: E402
+from sam_prompt.engine import Trainer, register_cfg_datasets, train_and_test  # noqa: E402
 from sam_prompt.visualize import side_by_side  # noqa: E402
 
 DEMO_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt", "configs", "sam_demo_cpu.yaml")
 METRICS = ("AP", "AP50", "AP75")
 
 
-def evaluate(cfg, model, name):
-    results = Trainer.test(cfg, model)
+def metrics(results):
     return {task: {k: results[task][k] for k in METRICS} for task in ("segm", "bbox")}
 
 
@@ -77,22 +76,20 @@ def main():
     register_cfg_datasets(cfg)
 
     print(f"[demo] training a small SAM on {cfg.DATASETS.TRAIN[0]} ({cfg.SOLVER.MAX_ITER} iterations, CPU) ...", flush=True)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=True)  # reuses a finished run, resumes an interrupted one
-    trainer.train()
+    model, results = train_and_test(cfg)  # reuses a finished run, resumes an interrupted one
     logging.getLogger("detectron2").setLevel(logging.WARNING)  # the tables below say it all
     train_time = time.time() - start
 
-    sam = evaluate(cfg, trainer.model, "SAM")
+    sam = metrics(results)
     base_cfg = cfg.clone()
     base_cfg.defrost()
     base_cfg.MODEL.META_ARCHITECTURE = "FilledPromptBox"
     base_cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "filled_box_baseline")
     base_cfg.freeze()
-    baseline = evaluate(base_cfg, Trainer.build_model(base_cfg), "baseline")
+    baseline = metrics(Trainer.test(base_cfg, Trainer.build_model(base_cfg)))
 
     test = cfg.DATASETS.TEST[0]
-    overlays = write_overlays(cfg, trainer.model, test, args.overlays, os.path.join(cfg.OUTPUT_DIR, "overlays"))
+    overlays = write_overlays(cfg, model, test, args.overlays, os.path.join(cfg.OUTPUT_DIR, "overlays"))
 
     n_test = len(DatasetCatalog.get(test))
     print(f"\n[demo] COCO AP on {test} ({n_test} images), prompts: ground-truth boxes")

@@ -192,3 +192,20 @@ def setup(args):
     register_cfg_datasets(cfg)
     return cfg
 
+
+
+def train_and_test(cfg, resume=True):
+    """
+    Train ``cfg``'s model (resuming from its OUTPUT_DIR, so a finished run is reused and an
+    interrupted one continues); DefaultTrainer evaluates it on ``cfg.DATASETS.TEST`` at the end.
+
+    Returns:
+        (model, results): results as returned by ``Trainer.test`` (task -> metric -> value).
+    """
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    # DefaultTrainer keeps the results of its final evaluation (it returns them only when
+    # TEST.EXPECTED_RESULTS is set); evaluate here when it did not run one.
+    results = getattr(trainer, "_last_eval_results", None)
+    return trainer.model, results or Trainer.test(cfg, trainer.model)
