@@ -21,6 +21,7 @@ setup(
         "iopath",
         "timm>=1.0.3",
         "shapely>=2.0",
+        "rasterio>=1.3",
         "scipy",
         "tqdm",
         "opencv-python-headless",  # detectron2.utils.visualizer

@@ -1,0 +1,304 @@
+"""Predict over whole scenes tile by tile (``tools/predict.py``)."""
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import shapely
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from pycocotools import mask as mask_util
+from shapely import affinity
+from shapely.geometry import mapping, shape
+from tqdm import tqdm
+
+from .engine import uses_sam
+from .tiling import SceneError, SceneReader, masks_to_polygons, stitch, tile_grid, touches_inner_edge
+
+__all__ = ["TileModel", "load_prompts", "predict_scene"]
+
+logger = logging.getLogger(__name__)
+
+
+class TileModel:
+    """A Detectron2 model (SAMPrompt or a detector) applied to RGB tiles with optional prompts."""
+
+    def __init__(self, cfg):
+        self.model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.model.eval()
+        self.input_format = cfg.INPUT.FORMAT
+        prompted = uses_sam(cfg)
+        self.resize = None if prompted else T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.needs_prompts = prompted and getattr(self.model, "detector", None) is None
+        self.prompt_type = getattr(self.model, "prompt_type", None)
+
+    def __call__(self, images, prompts):
+        inputs = []
+        for img, p in zip(images, prompts):
+            h, w = img.shape[:2]
+            arr = img if self.input_format == "RGB" else img[:, :, ::-1]
+            if self.resize is not None:
+                arr = self.resize.get_transform(arr).apply_image(arr)
+            x = {"image": torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1))), "height": h, "width": w}
+            if self.needs_prompts:
+                x["instances"] = _prompt_instances(p, (h, w))
+            inputs.append(x)
+        with torch.no_grad():
+            return [o["instances"].to("cpu") for o in self.model(inputs)]
+
+
+def _prompt_instances(p, size):
+    boxes, points, classes = p
+    n = len(classes)
+    inst = Instances(size)
+    if boxes is None:  # points: the box prompt is unused, keep a valid one
+        boxes = np.concatenate([points - 1, points + 1], axis=1)
+    inst.prompt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
+    if points is not None:
+        inst.prompt_points = torch.as_tensor(points, dtype=torch.float32).reshape(n, 1, 2)
+        inst.prompt_labels = torch.ones((n, 1), dtype=torch.int64)
+    else:
+        inst.prompt_points = torch.zeros((n, 0, 2))
+        inst.prompt_labels = torch.zeros((n, 0), dtype=torch.int64)
+    return inst
+
+
+def load_prompts(path, reader):
+    """
+    Prompts in scene pixels from a COCO file (results list or instances dict: boxes) or a
+    GeoJSON FeatureCollection (Polygon -> its bounding box, Point -> a point; map coordinates
+    for georeferenced scenes, pixels otherwise; class from the "category_id" property).
+
+    Returns:
+        (boxes ndarray[N, 4] or None, points ndarray[N, 2] or None, classes ndarray[N])
+    """
+    with open(path) as f:
+        obj = json.load(f)
+    if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
+        to_pixel = ~reader.src.transform if reader.georeferenced else None
+        boxes, points, classes = [], [], []
+        for i, feat in enumerate(obj["features"]):
+            g = shape(feat["geometry"])
+            if to_pixel is not None:
+                g = affinity.affine_transform(g, [to_pixel.a, to_pixel.b, to_pixel.d, to_pixel.e, to_pixel.xoff, to_pixel.yoff])
+            if g.geom_type == "Point":
+                points.append([g.x, g.y])
+            elif g.geom_type in ("Polygon", "MultiPolygon"):
+                boxes.append(list(g.bounds))
+            else:
+                raise ValueError(f"{path}: feature {i} is a {g.geom_type}; prompts are Points or Polygons")
+            classes.append(int((feat.get("properties") or {}).get("category_id", 0)))
+        if boxes and points:
+            raise ValueError(f"{path}: mixes Point and Polygon prompts; use one kind per run")
+    else:
+        anns = obj["annotations"] if isinstance(obj, dict) else obj
+        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+        points, classes = [], [int(a.get("category_id", 0)) for a in anns]
+    return (
+        np.array(boxes, dtype=np.float64).reshape(-1, 4) if boxes else None,
+        np.array(points, dtype=np.float64).reshape(-1, 2) if points else None,
+        np.array(classes, dtype=np.int64),
+    )
+
+
+def _assign(prompts, tiles):
+    """Each prompt goes to one tile: one holding it whole, nearest the tile centre."""
+    boxes, points, classes = prompts
+    b = boxes if boxes is not None else np.concatenate([points, points], axis=1)
+    t = np.array([[t.x, t.y, t.x + t.width, t.y + t.height] for t in tiles], dtype=np.float64)
+    inside = (b[:, None, 0] >= t[None, :, 0]) & (b[:, None, 1] >= t[None, :, 1]) & (b[:, None, 2] <= t[None, :, 2]) & (b[:, None, 3] <= t[None, :, 3])
+    centre_b = (b[:, None, :2] + b[:, None, 2:]) / 2
+    centre_t = (t[None, :, :2] + t[None, :, 2:]) / 2
+    dist = np.abs(centre_b - centre_t).max(-1)
+    inter = np.clip(np.minimum(b[:, None, 2:], t[None, :, 2:]) - np.maximum(b[:, None, :2], t[None, :, :2]), 0, None).prod(-1)
+    choice = np.where(inside.any(1), np.where(inside, dist, np.inf).argmin(1), inter.argmax(1))
+    per_tile = {}
+    for i, k in enumerate(choice):
+        per_tile.setdefault(int(k), []).append(i)
+    out = {}
+    for k, idx in per_tile.items():
+        off = np.array([tiles[k].x, tiles[k].y], dtype=np.float64)
+        out[k] = (
+            None if boxes is None else boxes[idx] - np.tile(off, 2),
+            None if points is None else points[idx] - off,
+            classes[idx],
+        )
+    return out
+
+
+def _empty_prompts():
+    return (np.zeros((0, 4)), None, np.zeros(0, dtype=np.int64))
+
+
+def predict_scene(
+    model, path, out_dir, *, tile_size=512, overlap=128, batch_size=4, prompts_file=None,
+    class_names=None, overview_size=1024,
+):
+    """
+    Predict one scene into ``out_dir`` (resuming from its ``tiles.jsonl``). The overlay is drawn
+    on the scene decimated to at most ``overview_size`` pixels a side.
+
+    Returns:
+        dict: summary (tiles, seconds, tiles_per_s, features, outputs, largest_read).
+    """
+    reader = SceneReader(path, max_overview=overview_size)
+    try:
+        return _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names)
+    finally:
+        reader.close()
+
+
+def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names):
+    if model.needs_prompts and not prompts_file:
+        raise SceneError(
+            "this SAM model needs prompts: give --prompts FILE, or set MODEL.SAM.PROMPT.SOURCE detector "
+            "with MODEL.SAM.DETECTOR.CONFIG_FILE/WEIGHTS"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    settings = {
+        "input": os.path.abspath(path),
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "prompts": os.path.abspath(prompts_file) if prompts_file else None,
+    }
+    run_file = os.path.join(out_dir, "run.json")
+    if os.path.exists(run_file):
+        with open(run_file) as f:
+            previous = json.load(f)
+        if previous != settings:
+            raise SceneError(f"{out_dir} holds a run with other settings ({previous}); use another --output")
+    else:
+        with open(run_file, "w") as f:
+            json.dump(settings, f, indent=1)
+    if max(reader.width, reader.height) < tile_size:
+        logger.info(f"{path}: {reader.width}x{reader.height} is smaller than one tile: one padded tile")
+    tiles = tile_grid(reader.width, reader.height, tile_size, overlap)
+    per_tile = _assign(load_prompts(prompts_file, reader), tiles) if prompts_file else {}
+    prompted = bool(prompts_file)
+
+    log_file = os.path.join(out_dir, "tiles.jsonl")
+    done = set()
+    if os.path.exists(log_file):
+        with open(log_file) as f:
+            lines = f.readlines()
+        valid = []
+        for line in lines:
+            try:
+                done.add(json.loads(line)["tile"])
+                valid.append(line)
+            except (ValueError, KeyError):  # a line cut by the interruption: redo that tile
+                break
+        if len(valid) != len(lines):
+            with open(log_file, "w") as f:
+                f.writelines(valid)
+    todo = [t for t in tiles if t.index not in done]
+    start = time.time()
+    with open(log_file, "a") as log, tqdm(total=len(tiles), initial=len(done), unit="tile", desc=os.path.basename(path)) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            images = [reader.read_tile(t) for t in batch]
+            has_data = [bool(img.any()) for img in images]
+            prompts = [per_tile.get(t.index, _empty_prompts()) for t in batch]
+            run = [k for k, ok in enumerate(has_data) if ok and (not model.needs_prompts or len(prompts[k][2]))]
+            preds = dict(zip(run, model([images[k] for k in run], [prompts[k] for k in run]))) if run else {}
+            for k, t in enumerate(batch):
+                dets = []
+                inst = preds.get(k)
+                if inst is not None and len(inst):
+                    geoms = masks_to_polygons(inst.pred_masks.numpy(), t)
+                    for g, s, c in zip(geoms, inst.scores.tolist(), inst.pred_classes.tolist()):
+                        if g is None:
+                            continue
+                        cut = False if prompted else touches_inner_edge(g, t, reader.width, reader.height)
+                        dets.append({"wkt": shapely.to_wkt(g, rounding_precision=3), "score": s, "category_id": c, "cut": cut})
+                log.write(json.dumps({"tile": t.index, "empty": not has_data[k], "dets": dets}) + "\n")
+            log.flush()
+            bar.update(len(batch))
+    seconds = time.time() - start
+
+    records = []
+    empty_tiles = 0
+    with open(log_file) as f:
+        for line in f:
+            r = json.loads(line)
+            empty_tiles += r["empty"]
+            for d in r["dets"]:
+                records.append({"geometry": shapely.from_wkt(d["wkt"]), "score": d["score"], "category_id": d["category_id"], "cut": d["cut"]})
+    if empty_tiles == len(tiles):
+        raise SceneError(f"{path}: the scene holds no data (every tile is empty / zero)")
+    features = records if prompted else stitch(records)
+    outputs = _write_outputs(reader, features, out_dir, path, class_names)
+    return {
+        "tiles": len(tiles),
+        "tiles_run": len(todo),
+        "seconds": seconds,
+        "tiles_per_s": len(todo) / seconds if seconds > 0 and todo else float("nan"),
+        "features": len(features),
+        "outputs": outputs,
+        "largest_read": reader.largest_read,
+    }
+
+
+def _write_outputs(reader, features, out_dir, path, class_names):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    outputs = {}
+    # COCO results in scene pixels (polygon exteriors; holes are not representable there).
+    results = []
+    for f in features:
+        polys = [p for p in getattr(f["geometry"], "geoms", [f["geometry"]]) if p.geom_type == "Polygon"]
+        rings = [np.asarray(p.exterior.coords)[:-1].ravel().tolist() for p in polys if len(p.exterior.coords) >= 4]
+        if not rings:
+            continue
+        rle = mask_util.merge(mask_util.frPyObjects(rings, reader.height, reader.width))
+        rle["counts"] = rle["counts"].decode("ascii")
+        x0, y0, x1, y1 = f["geometry"].bounds
+        results.append({"image_id": 0, "category_id": f["category_id"], "segmentation": rle, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": f["score"]})
+    outputs["coco"] = os.path.join(out_dir, f"{stem}_coco_results.json")
+    with open(outputs["coco"], "w") as fh:
+        json.dump(results, fh)
+
+    if reader.georeferenced:
+        t = reader.src.transform
+        feats = []
+        for f in features:
+            g = shapely.make_valid(affinity.affine_transform(f["geometry"], [t.a, t.b, t.d, t.e, t.xoff, t.yoff]))
+            props = {"category_id": f["category_id"], "score": round(f["score"], 4)}
+            if class_names and 0 <= f["category_id"] < len(class_names):
+                props["class"] = class_names[f["category_id"]]
+            feats.append({"type": "Feature", "geometry": mapping(g), "properties": props})
+        gj = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": reader.src.crs.to_string()}}, "features": feats}
+        outputs["geojson"] = os.path.join(out_dir, f"{stem}.geojson")
+        with open(outputs["geojson"], "w") as fh:
+            json.dump(gj, fh)
+
+    outputs["overlay"] = os.path.join(out_dir, f"{stem}_overlay.png")
+    _overlay(reader, features, outputs["overlay"])
+    return outputs
+
+
+def _overlay(reader, features, path):
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+    from PIL import Image
+
+    from .visualize import CLASS_COLORS
+
+    image = reader.overview()
+    sy, sx = image.shape[0] / reader.height, image.shape[1] / reader.width
+    polys, colors = [], []
+    for f in features:
+        g = affinity.scale(f["geometry"], xfact=sx, yfact=sy, origin=(0, 0))
+        rings = [np.asarray(p.exterior.coords).ravel() for p in getattr(g, "geoms", [g]) if p.geom_type == "Polygon" and len(p.exterior.coords) >= 4]
+        if rings:
+            polys.append(rings)
+            colors.append(CLASS_COLORS[f["category_id"] % len(CLASS_COLORS)])
+    vis = Visualizer(image, None, instance_mode=ColorMode.IMAGE)
+    out = vis.overlay_instances(masks=polys or None, assigned_colors=colors or None, alpha=0.4).get_image()
+    Image.fromarray(out).save(path)

@@ -1,0 +1,193 @@
+"""Large-scene prediction: tiles, stitching, map coordinates, resume, windowed reads, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from common import REPO
+from detectron2.structures import Instances
+from rasterio.transform import from_origin
+from scipy import ndimage
+from shapely.geometry import Point, shape
+
+from sam_prompt.scene import predict_scene
+from sam_prompt.tiling import SceneError, tile_grid
+
+ORIGIN = (500000.0, 7800000.0)  # UTM 6N, metres
+PIXEL = 0.5
+TRANSFORM = from_origin(*ORIGIN, PIXEL, PIXEL)
+
+
+def to_map(x, y):
+    return ORIGIN[0] + x * PIXEL, ORIGIN[1] - y * PIXEL
+
+
+# Objects (pixel centre, radii): one inside a tile, one across the x=192 border (tile 256,
+# overlap 64: tiles start at 0, 192, 384), one larger than the overlap across a corner.
+OBJECTS = [((100, 100), (30, 20)), ((192, 60), (22, 16)), ((450, 300), (110, 70)), ((600, 420), (25, 25))]
+W, H = 700, 500
+
+
+def write_scene(path, objects=OBJECTS, width=W, height=H, value=230):
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.full((3, height, width), 60, np.uint8)
+    for (cx, cy), (rx, ry) in objects:
+        img[:, ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1] = value
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
+        crs="EPSG:32606", transform=TRANSFORM, tiled=True, blockxsize=128, blockysize=128,
+    ) as dst:
+        dst.write(img)
+    return path
+
+
+class OracleModel:
+    """Finds bright blobs in each tile (what a perfect detector would): tests our plumbing."""
+
+    needs_prompts = False
+
+    def __init__(self, fail_after=None):
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def __call__(self, images, prompts):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        out = []
+        for img in images:
+            labels, n = ndimage.label(img[..., 0] > 200)
+            inst = Instances(img.shape[:2])
+            inst.pred_masks = torch.from_numpy(np.stack([labels == i + 1 for i in range(n)])) if n else torch.zeros((0, *img.shape[:2]), dtype=torch.bool)
+            inst.scores = torch.linspace(0.9, 0.5, n) if n else torch.zeros(0)
+            inst.pred_classes = torch.zeros(n, dtype=torch.int64)
+            out.append(inst)
+        return out
+
+
+def _geojson(out):
+    with open(next(os.path.join(out, f) for f in os.listdir(out) if f.endswith(".geojson"))) as f:
+        return json.load(f)
+
+
+def _ellipse_map(obj):
+    (cx, cy), (rx, ry) = obj
+    e = shapely.affinity.scale(Point(0, 0).buffer(1, 64), rx, ry).buffer(0)
+    e = shapely.affinity.translate(e, cx, cy)
+    return shapely.affinity.affine_transform(e, [PIXEL, 0, 0, -PIXEL, *ORIGIN])
+
+
+def test_tile_grid_covers_scene_with_overlap():
+    tiles = tile_grid(700, 500, 256, 64)
+    assert [t.x for t in tiles[:4]] == [0, 192, 384, 444]
+    cover = np.zeros((500, 700), int)
+    for t in tiles:
+        cover[t.y : t.y + t.height, t.x : t.x + t.width] += 1
+    assert cover.min() >= 1
+    assert tile_grid(100, 80, 256, 64)[0].width == 100  # smaller than one tile: one tile
+
+
+def test_features_in_map_coordinates_each_object_once(tmp_path):
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    summary = predict_scene(
+        OracleModel(), scene, str(tmp_path / "out"), tile_size=256, overlap=64, class_names=["iwp"], overview_size=200
+    )
+    gj = _geojson(tmp_path / "out")
+    assert gj["crs"]["properties"]["name"] == "EPSG:32606"
+    feats = [shape(f["geometry"]) for f in gj["features"]]
+    assert len(feats) == len(OBJECTS) == summary["features"]
+    assert all(f.is_valid for f in feats)
+    assert all(f["properties"]["class"] == "iwp" for f in gj["features"])
+    for obj in OBJECTS:
+        truth = _ellipse_map(obj)
+        best = max(feats, key=lambda f: f.intersection(truth).area)
+        iou = best.intersection(truth).area / best.union(truth).area
+        assert iou > 0.9, (obj, iou)  # whole, at the right place (in metres)
+    # Windowed reading: no read larger than a tile (the overlay's overview is decimated to 200 px).
+    assert summary["largest_read"] <= 256 * 256 < W * H
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    predict_scene(OracleModel(), scene, str(tmp_path / "full"), tile_size=256, overlap=64, batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(OracleModel(fail_after=2), scene, str(tmp_path / "cut"), tile_size=256, overlap=64, batch_size=2)
+    with open(tmp_path / "cut" / "tiles.jsonl") as f:
+        assert len(f.readlines()) == 4  # two batches of two tiles were saved
+    again = OracleModel()
+    summary = predict_scene(again, scene, str(tmp_path / "cut"), tile_size=256, overlap=64, batch_size=2)
+    assert summary["tiles_run"] == summary["tiles"] - 4
+    with open(tmp_path / "cut" / "tiles.jsonl") as f:
+        tiles = [json.loads(l)["tile"] for l in f]
+    assert sorted(tiles) == list(range(summary["tiles"]))  # every tile once
+    a, b = _geojson(tmp_path / "full"), _geojson(tmp_path / "cut")
+    assert a == b
+    # Other settings in the same folder are refused rather than mixed.
+    with pytest.raises(SceneError, match="other settings"):
+        predict_scene(OracleModel(), scene, str(tmp_path / "cut"), tile_size=128, overlap=32)
+
+
+def test_plain_image_without_georeference(tmp_path):
+    from PIL import Image
+
+    img = np.full((300, 400, 3), 60, np.uint8)
+    img[100:160, 50:130] = 230
+    Image.fromarray(img).save(tmp_path / "plain.png")
+    s = predict_scene(OracleModel(), str(tmp_path / "plain.png"), str(tmp_path / "out"), tile_size=256, overlap=64)
+    assert "geojson" not in s["outputs"] and os.path.exists(s["outputs"]["overlay"])
+    with open(s["outputs"]["coco"]) as f:
+        (r,) = json.load(f)
+    assert r["bbox"] == pytest.approx([50, 100, 80, 60], abs=1)
+
+
+def test_bad_inputs_have_clear_messages(tmp_path):
+    garbage = tmp_path / "broken.tif"
+    garbage.write_bytes(b"II*\x00" + os.urandom(200))
+    with pytest.raises(SceneError, match="broken.tif"):
+        predict_scene(OracleModel(), str(garbage), str(tmp_path / "o1"))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a raster")
+    with pytest.raises(SceneError, match="notes.txt: not a readable raster"):
+        predict_scene(OracleModel(), str(text), str(tmp_path / "o2"))
+    with pytest.raises(SceneError, match="missing.tif: not found"):
+        predict_scene(OracleModel(), str(tmp_path / "missing.tif"), str(tmp_path / "o3"))
+    empty = write_scene(str(tmp_path / "empty.tif"), objects=[], value=0)
+    with rasterio.open(empty, "r+") as dst:
+        dst.write(np.zeros((3, H, W), np.uint8))
+    with pytest.raises(SceneError, match="no data"):
+        predict_scene(OracleModel(), empty, str(tmp_path / "o4"), tile_size=256, overlap=64)
+    small = write_scene(str(tmp_path / "small.tif"), objects=[((50, 40), (20, 15))], width=120, height=90)
+    s = predict_scene(OracleModel(), small, str(tmp_path / "o5"), tile_size=256, overlap=64)
+    assert s["tiles"] == 1 and s["features"] == 1
+
+
+def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    feats = []
+    for (cx, cy), (rx, ry) in OBJECTS:
+        x0, y0 = to_map(cx - rx, cy - ry)
+        x1, y1 = to_map(cx + rx, cy + ry)
+        poly = shapely.geometry.box(x0, y1, x1, y0)
+        feats.append({"type": "Feature", "geometry": shapely.geometry.mapping(poly), "properties": {"category_id": 1}})
+    prompts = tmp_path / "prompts.geojson"
+    prompts.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    cfg = os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml")
+    cmd = [sys.executable, os.path.join(REPO, "tools", "predict.py"), "--config-file", cfg, "--input", scene,
+           "--output", str(tmp_path / "out"), "--tile-size", "256", "--overlap", "64", "--prompts", str(prompts)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tiles/s" in proc.stdout
+    gj = _geojson(tmp_path / "out" / "scene")
+    # One mask per prompt (a random-weight SAM may return empty masks, which are dropped).
+    assert 0 < len(gj["features"]) <= len(OBJECTS)
+    assert all(f["properties"]["category_id"] == 1 for f in gj["features"])
+    # A SAM config without prompts is refused with a message, not a stack trace.
+    cmd[cmd.index("--output") + 1] = str(tmp_path / "out2")
+    proc = subprocess.run(cmd[:-2], capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode != 0 and "needs prompts" in proc.stderr
