@@ -214,3 +214,21 @@ def test_real_iwp_val_problems_are_named_and_skippable():
         register_dataset("iwp-val", data_root)
     train, _ = register_dataset("iwp-val", data_root, skip_invalid=True)
     assert 6000 < sum(len(r["annotations"]) for r in DatasetCatalog.get(train)) < 6045
+
+
+@needs_iwp
+def test_few_training_iterations_on_real_iwp_val(tmp_path):
+    """The README's command for the real tiles: a few iterations of the tiny SAM through --dataset."""
+    cmd = [
+        sys.executable, os.path.join(REPO, "tools", "train_net.py"),
+        "--config-file", os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"),
+        "--dataset", "iwp-val", "--data-root", os.path.dirname(SHARED_IWP),
+        "DATASETS.SKIP_INVALID", "True", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3",
+        "OUTPUT_DIR", str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Registered iwp-val_train: 129 images" in proc.stdout + proc.stderr
+    with open(tmp_path / "out" / "metrics.json") as f:
+        losses = [json.loads(l)["total_loss"] for l in f if "total_loss" in l]
+    assert losses and np.isfinite(losses).all()

@@ -32,6 +32,10 @@ has() { "$py" -c "import $1" >/dev/null 2>&1; }
 if ! has torch; then
   echo "[setup] installing torch==2.14.1 torchvision==0.29.1"
   pip install -q torch==2.14.1 torchvision==0.29.1
+elif ! has torchvision; then
+  echo "[setup] torch is installed but torchvision is not: install the torchvision built for your torch" >&2
+  echo "        (installing it here could replace your torch)" >&2
+  exit 1
 fi
 
 # 2. detectron2's pure-Python dependencies, then detectron2 itself only when it is missing.

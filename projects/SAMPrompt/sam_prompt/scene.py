@@ -226,12 +226,21 @@ def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, promp
 
     records = []
     empty_tiles = 0
+    boxes = {t.index: (t.x, t.y, t.x + t.width, t.y + t.height) for t in tiles}
     with open(log_file) as f:
         for line in f:
             r = json.loads(line)
             empty_tiles += r["empty"]
             for d in r["dets"]:
-                records.append({"geometry": shapely.from_wkt(d["wkt"]), "score": d["score"], "category_id": d["category_id"], "cut": d["cut"]})
+                records.append(
+                    {
+                        "geometry": shapely.from_wkt(d["wkt"]),
+                        "score": d["score"],
+                        "category_id": d["category_id"],
+                        "cut": d["cut"],
+                        "tile": boxes[r["tile"]],
+                    }
+                )
     if empty_tiles == len(tiles):
         raise SceneError(f"{path}: the scene holds no data (every tile is empty / zero)")
     features = records if prompted else stitch(records)
@@ -285,20 +294,26 @@ def _write_outputs(reader, features, out_dir, path, class_names):
 
 
 def _overlay(reader, features, path):
-    from detectron2.utils.visualizer import ColorMode, Visualizer
+    """Features filled (by class colour) and outlined over the decimated scene."""
     from PIL import Image
+    from rasterio.features import rasterize
 
     from .visualize import CLASS_COLORS
 
-    image = reader.overview()
-    sy, sx = image.shape[0] / reader.height, image.shape[1] / reader.width
-    polys, colors = [], []
-    for f in features:
-        g = affinity.scale(f["geometry"], xfact=sx, yfact=sy, origin=(0, 0))
-        rings = [np.asarray(p.exterior.coords).ravel() for p in getattr(g, "geoms", [g]) if p.geom_type == "Polygon" and len(p.exterior.coords) >= 4]
-        if rings:
-            polys.append(rings)
-            colors.append(CLASS_COLORS[f["category_id"] % len(CLASS_COLORS)])
-    vis = Visualizer(image, None, instance_mode=ColorMode.IMAGE)
-    out = vis.overlay_instances(masks=polys or None, assigned_colors=colors or None, alpha=0.4).get_image()
-    Image.fromarray(out).save(path)
+    image = reader.overview().astype(np.float32)
+    h, w = image.shape[:2]
+    sx, sy = w / reader.width, h / reader.height
+    shapes = [
+        (affinity.scale(f["geometry"], xfact=sx, yfact=sy, origin=(0, 0)), i + 1)
+        for i, f in enumerate(features)
+    ]
+    if shapes:
+        labels = rasterize(shapes, out_shape=(h, w), fill=0, dtype="int32", all_touched=True)
+        palette = np.array([(0, 0, 0)] + [CLASS_COLORS[f["category_id"] % len(CLASS_COLORS)] for f in features]) * 255
+        inside = labels > 0
+        image[inside] = 0.55 * image[inside] + 0.45 * palette[labels[inside]]
+        edge = np.zeros_like(inside)
+        edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+        edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+        image[edge] = 0.3 * palette[np.maximum(labels, np.roll(labels, 1, axis=1))[edge]]
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path)

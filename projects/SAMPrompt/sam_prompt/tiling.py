@@ -133,12 +133,17 @@ def masks_to_polygons(masks, tile):
     to_scene = Affine.translation(tile.x, tile.y)
     for m in masks:
         m = np.ascontiguousarray(m.astype(np.uint8))
-        parts = [shape(g) for g, v in raster_shapes(m, mask=m.astype(bool), transform=to_scene) if v]
+        # Pixel-edge outlines, simplified by half a pixel (drops the staircase vertices).
+        parts = [
+            shape(g).simplify(0.5) for g, v in raster_shapes(m, mask=m.astype(bool), transform=to_scene) if v
+        ]
+        parts = [p for p in parts if not p.is_empty]
         if not parts:
             out.append(None)
             continue
-        geom = shapely.make_valid(shapely.union_all(parts))
-        out.append(geom)
+        # Connected components of one mask are disjoint: no union needed.
+        geom = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+        out.append(geom if geom.is_valid else shapely.make_valid(geom))
     return out
 
 
@@ -153,9 +158,31 @@ def touches_inner_edge(geom, tile, scene_w, scene_h, tol=0.5):
     )
 
 
-def _iou(a, b):
-    inter = a.intersection(b).area
-    return inter / max(a.union(b).area, 1e-9)
+def _nms(geoms, iou_threshold):
+    """Greedy non-maximum suppression of score-sorted geometries by polygon IoU -> keep mask."""
+    keep = np.zeros(len(geoms), dtype=bool)
+    if not geoms:
+        return keep
+    arr = np.array(geoms, dtype=object)
+    areas = shapely.area(arr)
+    bounds = shapely.bounds(arr)
+    tree = STRtree(arr)
+    for i, g in enumerate(arr):
+        js = tree.query(g)
+        js = js[keep[js]]  # only already kept (higher-scoring) neighbours can suppress
+        if len(js):
+            # IoU <= (box intersection) / max(area): skip pairs that cannot reach the threshold.
+            lo = np.maximum(bounds[js, :2], bounds[i, :2])
+            hi = np.minimum(bounds[js, 2:], bounds[i, 2:])
+            box_inter = np.clip(hi - lo, 0, None).prod(1)
+            js = js[box_inter > iou_threshold * np.maximum(areas[js], areas[i])]
+        if len(js):
+            inter = shapely.area(shapely.intersection(g, arr[js]))
+            iou = inter / np.maximum(areas[js] + areas[i] - inter, 1e-9)
+            if (iou > iou_threshold).any():
+                continue
+        keep[i] = True
+    return keep
 
 
 def stitch(detections, iou_threshold=0.5):
@@ -164,22 +191,18 @@ def stitch(detections, iou_threshold=0.5):
 
     Args:
         detections (list[dict]): "geometry" (shapely, scene pixels), "score", "category_id",
-            "cut" (touches an inner tile edge).
+            "cut" (touches an inner tile edge), "tile" (the tile's x0, y0, x1, y1).
 
     Objects wholly inside some tile are kept from that tile (duplicates from other tiles that
-    also hold them whole are suppressed by IoU); objects cut by tile borders are merged with the
-    overlapping cut parts of other tiles (union), unless a whole copy exists.
+    also hold them whole are suppressed by IoU); an object cut by tile borders is the union of
+    its parts from neighbouring tiles (parts that agree, IoU > 0.5, where the tiles overlap),
+    unless a whole copy of it exists.
 
     Returns:
         list[dict]: the stitched detections, highest score first.
     """
     whole = sorted((d for d in detections if not d["cut"]), key=lambda d: -d["score"])
-    whole_geoms = [d["geometry"] for d in whole]
-    whole_tree = STRtree(whole_geoms) if whole else None
-    keep = np.zeros(len(whole), dtype=bool)
-    for i, g in enumerate(whole_geoms):  # greedy NMS by polygon IoU, best score first
-        near = whole_tree.query(g)
-        keep[i] = not any(keep[j] and _iou(g, whole_geoms[j]) > iou_threshold for j in near)
+    keep = _nms([d["geometry"] for d in whole], iou_threshold)
     kept = [d for d, k in zip(whole, keep) if k]
     tree_geoms = [d["geometry"] for d in kept]
     whole_tree = STRtree(tree_geoms) if tree_geoms else None
@@ -198,7 +221,15 @@ def stitch(detections, iou_threshold=0.5):
 
         for i, g in enumerate(geoms):
             for j in tree.query(g, predicate="intersects"):
-                if j != i and cut[i]["category_id"] == cut[j]["category_id"] and g.intersection(geoms[j]).area > 0:
+                a, b = cut[i], cut[j]
+                if j <= i or a["tile"] == b["tile"] or a["category_id"] != b["category_id"]:
+                    continue
+                # The same object seen from two tiles: its two parts agree where the tiles overlap.
+                (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["tile"], b["tile"]
+                shared = shapely_box(max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1))
+                pa, pb = g.intersection(shared), geoms[j].intersection(shared)
+                inter = pa.intersection(pb).area
+                if inter > 0.5 * (pa.area + pb.area - inter):
                     parent[find(i)] = find(j)
         groups = {}
         for i in range(len(cut)):
