@@ -42,6 +42,13 @@ def test_backbone_strides_and_channels(name, kwargs, channels):
         assert out[k].shape == (1, c, 96 // s.stride, 128 // s.stride)
 
 
+@pytest.mark.parametrize("name", ["mvitv2_small", "mvitv2_base"])
+def test_baseline_leaf_backbones_build(name):
+    bb = TimmBackbone(name, [0, 1, 2, 3], img_size=64)
+    assert [s.stride for s in bb.output_shape().values()] == [4, 8, 16, 32]
+    assert bb(torch.zeros(1, 3, 64, 64))["res5"].shape[-2:] == (2, 2)
+
+
 def test_fixed_size_backbone_refuses_larger_input():
     bb = TimmBackbone("mvitv2_tiny", [0, 1, 2, 3], img_size=64)
     with pytest.raises(ValueError, match="larger than the timm model's fixed size 64"):

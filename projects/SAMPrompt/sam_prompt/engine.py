@@ -19,6 +19,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from .config import add_sam_config
@@ -43,7 +44,7 @@ def has_compiled_ops():
 PROMPTED_META_ARCHITECTURES = {"SAMPrompt", "FilledPromptBox"}
 
 
-def uses_sam(cfg):
+def uses_prompts(cfg):
     return cfg.MODEL.META_ARCHITECTURE in PROMPTED_META_ARCHITECTURES
 
 
@@ -52,13 +53,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        mapper = SAMDatasetMapper(cfg, is_train=True) if uses_sam(cfg) else None
+        mapper = SAMDatasetMapper(cfg, is_train=True) if uses_prompts(cfg) else None
         return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # Prompts come from the instances, so the test mapper keeps them.
-        mapper = SAMDatasetMapper(cfg, is_train=False, dataset_name=dataset_name) if uses_sam(cfg) else None
+        mapper = SAMDatasetMapper(cfg, is_train=False, dataset_name=dataset_name) if uses_prompts(cfg) else None
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
@@ -202,6 +203,8 @@ def train_and_test(cfg, resume=True):
     Returns:
         (model, results): results as returned by ``Trainer.test`` (task -> metric -> value).
     """
+    if cfg.SEED >= 0:  # default_setup does this for train_net.py; other entry points come here
+        seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()

@@ -17,7 +17,7 @@ from shapely import affinity
 from shapely.geometry import mapping, shape
 from tqdm import tqdm
 
-from .engine import uses_sam
+from .engine import uses_prompts
 from .tiling import SceneError, SceneReader, masks_to_polygons, stitch, tile_grid, touches_inner_edge
 
 __all__ = ["TileModel", "load_prompts", "predict_scene"]
@@ -34,7 +34,7 @@ class TileModel:
             DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.model.eval()
         self.input_format = cfg.INPUT.FORMAT
-        prompted = uses_sam(cfg)
+        prompted = uses_prompts(cfg)
         self.resize = None if prompted else T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.needs_prompts = prompted and getattr(self.model, "detector", None) is None
         self.prompt_type = getattr(self.model, "prompt_type", None)
