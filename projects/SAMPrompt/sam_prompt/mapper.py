@@ -9,12 +9,13 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask
+from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks, polygons_to_bitmask
 from pycocotools import mask as mask_util
+from shapely.geometry import Polygon
 
 from .prompts import box_jitter, eval_rng, point_prompts
 
-__all__ = ["SAMDatasetMapper", "InvalidRecordError"]
+__all__ = ["SAMDatasetMapper", "InvalidRecordError", "annotation_problem", "bbox_xywh"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def _record_name(d):
     return f"{d.get('file_name', '<no file_name>')} (image_id={d.get('image_id', '?')})"
 
 
-def _check_annotation(anno):
+def annotation_problem(anno):
     """Return why an annotation is unusable, or None."""
     seg = anno.get("segmentation")
     if seg is None:
@@ -40,20 +41,15 @@ def _check_annotation(anno):
         if len(p) % 2 or len(p) < 6:
             return f"polygon with {len(p) / 2:g} points (need >= 3)"
     if "bbox" in anno:
-        x0, y0, w, h = _bbox_xywh(anno)
+        x0, y0, w, h = bbox_xywh(anno)
         if w <= 0 or h <= 0:
             return f"zero-area box {list(anno['bbox'])}"
-    polys = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in seg]
-    area = sum(
-        0.5 * abs(np.dot(p[:, 0], np.roll(p[:, 1], 1)) - np.dot(p[:, 1], np.roll(p[:, 0], 1)))
-        for p in polys
-    )
+    area = sum(Polygon(np.asarray(p, dtype=np.float64).reshape(-1, 2)).area for p in seg)
     return None if area > 0 else "zero-area polygon"
 
 
-def _bbox_xywh(anno):
-    from detectron2.structures import BoxMode
-
+def bbox_xywh(anno):
+    """The annotation's box as XYWH_ABS."""
     return BoxMode.convert(list(anno["bbox"]), anno.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYWH_ABS)
 
 
@@ -233,7 +229,7 @@ class SAMDatasetMapper:
         for i, anno in enumerate(d.get("annotations", [])):
             if anno.get("iscrowd", 0):
                 continue
-            problem = _check_annotation(anno)
+            problem = annotation_problem(anno)
             if problem is None:
                 annos.append(anno)
                 continue

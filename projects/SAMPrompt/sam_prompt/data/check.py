@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ..mapper import _bbox_xywh, _check_annotation
+from ..mapper import annotation_problem, bbox_xywh
 
 __all__ = ["find_problems", "summarize"]
 
@@ -56,7 +56,7 @@ def find_problems(records, num_classes, decode_images=False):
         h, w = r.get("height"), r.get("width")
         for j, a in enumerate(r.get("annotations", [])):
             where = f"{name}, annotation {j}"
-            problem = _check_annotation(a)
+            problem = annotation_problem(a)
             if problem:
                 problems.append((i, j, f"{where}: {problem}"))
                 continue
@@ -64,7 +64,7 @@ def find_problems(records, num_classes, decode_images=False):
             if not 0 <= cid < num_classes:
                 problems.append((i, j, f"{where}: category {a.get('category_name', cid)!r} is not a known class"))
             if h is not None and "bbox" in a:
-                x, y, bw, bh = _bbox_xywh(a)
+                x, y, bw, bh = bbox_xywh(a)
                 tol = 1.0  # polygon vertices on the outer pixel edge are fine
                 if x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
                     problems.append((i, j, f"{where}: box {list(np.round([x, y, x + bw, y + bh], 1))} outside the {w}x{h} image"))

@@ -21,6 +21,7 @@ import logging
 import os
 import numpy as np
 from PIL import Image
+from shapely.geometry import Polygon
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def write_dataset(root, split, records, class_names, fmt):
             for a in r["annotations"]:
                 x0, y0, x1, y1 = a["bbox"]
                 xy = np.asarray(a["segmentation"][0]).reshape(-1, 2)
-                area = 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1)))
+                area = Polygon(xy).area
                 annos.append(
                     {
                         "id": len(annos) + 1,
