@@ -7,7 +7,7 @@ Predictions from a model:
         MODEL.WEIGHTS output/sam_box/model_final.pth
 Predictions from a results file written by COCOEvaluator:
     python tools/visualize.py --config-file CFG --dataset-name iwp_test --output vis/ \
-        --results output/sam_box/inference/coco_instances_results.json
+        --results output/sam_box/coco_instances_results.json
 """
 
 import argparse
