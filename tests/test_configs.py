@@ -83,3 +83,18 @@ def test_shorthand_flags_set_config_keys(tmp_path, monkeypatch):
 
     assert MetadataCatalog.get("iwp_synthetic_train").thing_classes == ["iwp"]
     assert os.path.isdir(tmp_path / "data" / "iwp_synthetic" / "train")
+
+
+def test_detector_class_count_must_match_the_data(tmp_path, monkeypatch):
+    from sam_prompt.engine import setup
+
+    monkeypatch.chdir(tmp_path)
+    args = argument_parser().parse_args(
+        [
+            "--config-file", os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml"),
+            "--dataset", "iwp_synthetic", "--data-root", str(tmp_path / "data"),
+            "--merge-classes", "iwp", "OUTPUT_DIR", str(tmp_path / "out"),
+        ]
+    )
+    with pytest.raises(ValueError, match="NUM_CLASSES 1"):
+        setup(args)

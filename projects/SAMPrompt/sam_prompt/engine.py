@@ -191,7 +191,20 @@ def setup(args):
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sam_prompt")
     logging.getLogger("sam_prompt").info(f"SAMPrompt from {os.path.dirname(os.path.abspath(__file__))}")
     register_cfg_datasets(cfg)
+    check_num_classes(cfg)
     return cfg
+
+
+def check_num_classes(cfg):
+    """A detector's class count must match its training data (SAMPrompt takes classes from prompts)."""
+    if uses_prompts(cfg) or not cfg.DATASETS.TRAIN:
+        return
+    n = len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != n:
+        raise ValueError(
+            f"{cfg.DATASETS.TRAIN[0]} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES is "
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: add 'MODEL.ROI_HEADS.NUM_CLASSES {n}' to the command"
+        )
 
 
 
