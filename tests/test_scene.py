@@ -133,6 +133,17 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         predict_scene(OracleModel(), scene, str(tmp_path / "cut"), tile_size=128, overlap=32)
 
 
+def test_min_score_filters_the_map_not_the_coco_results(tmp_path):
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    s = predict_scene(OracleModel(), scene, str(tmp_path / "out"), tile_size=256, overlap=64, min_score=0.75)
+    gj = _geojson(tmp_path / "out")
+    with open(s["outputs"]["coco"]) as f:
+        coco = json.load(f)
+    assert len(coco) == len(OBJECTS)
+    assert 0 < len(gj["features"]) < len(OBJECTS)
+    assert all(f["properties"]["score"] >= 0.75 for f in gj["features"])
+
+
 def test_plain_image_without_georeference(tmp_path):
     from PIL import Image
 
@@ -179,13 +190,16 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
     prompts.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     cfg = os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml")
     cmd = [sys.executable, os.path.join(REPO, "tools", "predict.py"), "--config-file", cfg, "--input", scene,
-           "--output", str(tmp_path / "out"), "--tile-size", "256", "--overlap", "64", "--prompts", str(prompts)]
+           "--output", str(tmp_path / "out"), "--tile-size", "256", "--overlap", "64", "--min-score", "0",
+           "--prompts", str(prompts)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tiles/s" in proc.stdout
     gj = _geojson(tmp_path / "out" / "scene")
     # One mask per prompt (a random-weight SAM may return empty masks, which are dropped).
     assert 0 < len(gj["features"]) <= len(OBJECTS)
+    with open(tmp_path / "out" / "scene" / "scene_coco_results.json") as f:
+        assert len(json.load(f)) == len(gj["features"])  # --min-score 0: the same features
     assert all(f["properties"]["category_id"] == 1 for f in gj["features"])
     # A SAM config without prompts is refused with a message, not a stack trace.
     cmd[cmd.index("--output") + 1] = str(tmp_path / "out2")

@@ -54,6 +54,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--overview-size", type=int, default=1024, help="longest side of the overlay PNG")
     parser.add_argument("--prompts", help="COCO JSON or GeoJSON prompts for SAM models")
+    parser.add_argument("--min-score", type=float, default=0.5, help="GeoJSON/overlay keep features scoring at least this (COCO results keep all)")
     parser.add_argument("--class-names", help="comma-separated names written to the GeoJSON")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
@@ -77,7 +78,7 @@ def main(argv=None):
             s = predict_scene(
                 model, path, out_dir, tile_size=args.tile_size, overlap=args.overlap,
                 batch_size=args.batch_size, prompts_file=args.prompts, class_names=names,
-                overview_size=args.overview_size,
+                overview_size=args.overview_size, min_score=args.min_score,
             )
             print(
                 f"{path}: {s['features']} features from {s['tiles']} tiles "

@@ -140,23 +140,26 @@ def _empty_prompts():
 
 def predict_scene(
     model, path, out_dir, *, tile_size=512, overlap=128, batch_size=4, prompts_file=None,
-    class_names=None, overview_size=1024,
+    class_names=None, overview_size=1024, min_score=0.5,
 ):
     """
     Predict one scene into ``out_dir`` (resuming from its ``tiles.jsonl``). The overlay is drawn
-    on the scene decimated to at most ``overview_size`` pixels a side.
+    on the scene decimated to at most ``overview_size`` pixels a side. The GeoJSON and the overlay
+    hold features scoring at least ``min_score``; the COCO results hold all (for AP).
 
     Returns:
         dict: summary (tiles, seconds, tiles_per_s, features, outputs, largest_read).
     """
     reader = SceneReader(path, max_overview=overview_size)
     try:
-        return _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names)
+        return _predict(
+            model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names, min_score
+        )
     finally:
         reader.close()
 
 
-def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names):
+def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names, min_score):
     if model.needs_prompts and not prompts_file:
         raise SceneError(
             "this SAM model needs prompts: give --prompts FILE, or set MODEL.SAM.PROMPT.SOURCE detector "
@@ -244,7 +247,7 @@ def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, promp
     if empty_tiles == len(tiles):
         raise SceneError(f"{path}: the scene holds no data (every tile is empty / zero)")
     features = records if prompted else stitch(records)
-    outputs = _write_outputs(reader, features, out_dir, path, class_names)
+    outputs = _write_outputs(reader, features, out_dir, path, class_names, min_score)
     return {
         "tiles": len(tiles),
         "tiles_run": len(todo),
@@ -256,7 +259,7 @@ def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, promp
     }
 
 
-def _write_outputs(reader, features, out_dir, path, class_names):
+def _write_outputs(reader, features, out_dir, path, class_names, min_score):
     stem = os.path.splitext(os.path.basename(path))[0]
     outputs = {}
     # COCO results in scene pixels (polygon exteriors; holes are not representable there).
@@ -274,10 +277,11 @@ def _write_outputs(reader, features, out_dir, path, class_names):
     with open(outputs["coco"], "w") as fh:
         json.dump(results, fh)
 
+    confident = [f for f in features if f["score"] >= min_score]
     if reader.georeferenced:
         t = reader.src.transform
         feats = []
-        for f in features:
+        for f in confident:
             g = shapely.make_valid(affinity.affine_transform(f["geometry"], [t.a, t.b, t.d, t.e, t.xoff, t.yoff]))
             props = {"category_id": f["category_id"], "score": round(f["score"], 4)}
             if class_names and 0 <= f["category_id"] < len(class_names):
@@ -289,7 +293,7 @@ def _write_outputs(reader, features, out_dir, path, class_names):
             json.dump(gj, fh)
 
     outputs["overlay"] = os.path.join(out_dir, f"{stem}_overlay.png")
-    _overlay(reader, features, outputs["overlay"])
+    _overlay(reader, confident, outputs["overlay"])
     return outputs
 
 
