@@ -24,10 +24,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "projects", "SAMPrompt"))
 
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
-from sam_prompt import add_sam_config  # noqa: E402
+from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.data import SyntheticIWPSpec, generate_tile  # noqa: E402
 from sam_prompt.scene import TileModel, predict_scene  # noqa: E402
 
@@ -59,11 +58,7 @@ def write_scene(folder, n, size=256):
 
 
 def model(config):
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, config))
-    cfg.freeze()
-    return TileModel(cfg)
+    return TileModel(load_config(os.path.join(CONFIGS, config)))
 
 
 def main():

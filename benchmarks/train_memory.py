@@ -41,16 +41,16 @@ def measure(n, chunk, device, steps, image_size):
 
     import numpy as np
     import torch
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
     from PIL import Image
 
-    from sam_prompt import SAMDatasetMapper, add_sam_config
+    from sam_prompt import SAMDatasetMapper
+    from sam_prompt.config import load_config
 
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(os.path.join(HERE, "..", "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.SAM.PROMPTS_PER_CHUNK", chunk, "INPUT.RANDOM_FLIP", "none"])
+    cfg = load_config(
+        os.path.join(HERE, "..", "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"),
+        ["MODEL.DEVICE", device, "MODEL.SAM.PROMPTS_PER_CHUNK", chunk, "INPUT.RANDOM_FLIP", "none"],
+    )
 
     # One image with n small elliptic objects on a grid.
     side = int(np.ceil(np.sqrt(n)))

@@ -1,10 +1,8 @@
 """Shared helpers of the tests: tiny configs, synthetic images and dataset dicts."""
 
 import os
-import sys
 
 import numpy as np
-import torch
 from detectron2.config import get_cfg
 from PIL import Image
 

@@ -4,7 +4,7 @@ import glob
 import os
 
 import pytest
-from common import CONFIGS, REPO, tiny_cfg
+from common import CONFIGS, tiny_cfg
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 

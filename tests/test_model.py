@@ -8,7 +8,7 @@ import pytest
 import torch
 from common import polygon_ellipse, shapes_image, tiny_cfg, two_image_dataset
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import BitMasks
 
 from sam_prompt import SAMDatasetMapper
 
@@ -167,7 +167,6 @@ def test_large_non_square_image_is_resized_not_cropped(tmp_path):
 def test_point_prompts_train_on_best_of_three(records):
     model = build(MODEL__SAM__PROMPT__TYPE="point", MODEL__SAM__PROMPTS_PER_CHUNK=8)
     batch = mapped(records, MODEL__SAM__PROMPT__TYPE="point")
-    b, boxes, points = 0, None, None
     images, scales = model.preprocess_image(batch[:1])
     emb = model.sam.image_encoder(images)
     _, points = model._prompt_tensors(batch[0]["instances"], scales[0])

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from common import REPO, tiny_cfg, two_image_dataset
 from detectron2.data import DatasetCatalog, MetadataCatalog

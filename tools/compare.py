@@ -25,10 +25,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from sam_prompt import add_sam_config  # noqa: E402
+from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets, train_and_test  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt", "configs")
@@ -36,10 +35,8 @@ METRICS = ("AP", "AP50", "AP75")
 
 
 def make_cfg(config_file, args, out, *opts):
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(
+    return load_config(
+        config_file,
         [
             "DATASETS.TRAIN", (f"{args.dataset}_train",),
             "DATASETS.TEST", (f"{args.dataset}_test",),
@@ -47,10 +44,8 @@ def make_cfg(config_file, args, out, *opts):
             "OUTPUT_DIR", os.path.join(args.output, out),
             "TEST.EVAL_PERIOD", 0,
             *opts,
-        ]
+        ],
     )
-    cfg.freeze()
-    return cfg
 
 
 def main(argv=None):

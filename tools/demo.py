@@ -21,13 +21,13 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_setup  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sam_prompt import SAMDatasetMapper, add_sam_config  # noqa: E402
+from sam_prompt import SAMDatasetMapper  # noqa: E402
+from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets, train_and_test  # noqa: E402
 from sam_prompt.visualize import side_by_side  # noqa: E402
 
@@ -66,11 +66,7 @@ def main():
     args = parser.parse_args()
     start = time.time()
 
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts, eval_only=False))
     setup_logger(output=cfg.OUTPUT_DIR, name="sam_prompt")
     register_cfg_datasets(cfg)

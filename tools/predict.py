@@ -21,10 +21,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from sam_prompt import add_sam_config  # noqa: E402
+from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.scene import TileModel, predict_scene  # noqa: E402
 from sam_prompt.tiling import SceneError  # noqa: E402
 
@@ -60,15 +59,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logger(name="sam_prompt")
 
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    import torch
-
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     try:
         inputs = expand_inputs(args.input)
         model = TileModel(cfg)

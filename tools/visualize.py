@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data import detection_utils as utils  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
@@ -29,7 +28,8 @@ from PIL import Image  # noqa: E402
 from pycocotools import mask as mask_util  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from sam_prompt import SAMDatasetMapper, add_sam_config  # noqa: E402
+from sam_prompt import SAMDatasetMapper  # noqa: E402
+from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets  # noqa: E402
 from sam_prompt.visualize import side_by_side  # noqa: E402
 
@@ -60,11 +60,7 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     register_cfg_datasets(cfg)
     name = args.dataset_name or cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)

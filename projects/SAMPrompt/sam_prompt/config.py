@@ -1,6 +1,27 @@
 """Config keys of SAMPrompt (yacs)."""
 
+import logging
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def load_config(config_file, opts=(), freeze=True):
+    """
+    Detectron2's defaults + SAMPrompt's keys, then ``config_file`` and ``opts`` (KEY VALUE list).
+    A CUDA device on a machine without one falls back to the CPU, with a warning.
+    """
+    cfg = get_cfg()
+    add_sam_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        logging.getLogger(__name__).warning("CUDA is not available: running on the CPU")
+    if freeze:
+        cfg.freeze()
+    return cfg
 
 
 def add_sam_config(cfg):

@@ -55,18 +55,14 @@ def build_detector(config_file, weights, device):
     eval mode with frozen weights, and the resize its test-time mapper would apply.
     """
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.data import transforms as T
     from detectron2.modeling import build_model
 
-    from .config import add_sam_config
+    from .config import load_config
 
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"detector config not found: {config_file} (MODEL.SAM.DETECTOR.CONFIG_FILE)")
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.MODEL.DEVICE = device
+    cfg = load_config(config_file, ["MODEL.DEVICE", device])
     model = build_model(cfg)
     if weights:
         DetectionCheckpointer(model).load(weights)

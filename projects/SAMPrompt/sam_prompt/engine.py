@@ -7,7 +7,6 @@ import logging
 import os
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
@@ -22,7 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from .config import add_sam_config
+from .config import load_config
 from .data.register import register_dataset
 from .mapper import SAMDatasetMapper
 
@@ -163,9 +162,6 @@ def register_cfg_datasets(cfg):
 
 def setup(args):
     """Config from the file, the shorthand flags and the opts; datasets registered; logging."""
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(args.config_file)
     shorthands = []
     if getattr(args, "prompt", None):
         shorthands += ["MODEL.SAM.PROMPT.TYPE", args.prompt]
@@ -181,12 +177,7 @@ def setup(args):
     ):
         if getattr(args, flag, None):
             shorthands += [key, getattr(args, flag)]
-    cfg.merge_from_list(shorthands)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        logging.getLogger("sam_prompt").warning("CUDA is not available: running on the CPU")
-    cfg.freeze()
+    cfg = load_config(args.config_file, shorthands + list(args.opts))
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sam_prompt")
     logging.getLogger("sam_prompt").info(f"SAMPrompt from {os.path.dirname(os.path.abspath(__file__))}")

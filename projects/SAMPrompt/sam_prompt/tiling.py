@@ -7,21 +7,18 @@ with the same folder skips those tiles, so an interrupted run resumes without du
 final files are always rebuilt from ``tiles.jsonl``.
 """
 
-import json
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 import shapely
-import torch
 from affine import Affine
 from rasterio.features import shapes as raster_shapes
 from rasterio.windows import Window
 from shapely.geometry import box as shapely_box
-from shapely.geometry import mapping, shape
+from shapely.geometry import shape
 from shapely.strtree import STRtree
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import numpy as np
 import shapely
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from shapely.geometry import MultiPoint, Polygon, box
+from shapely.geometry import MultiPoint, box
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask
+from detectron2.structures import BitMasks, Instances, PolygonMasks, polygons_to_bitmask
 from torch import nn
 
 from ..detections import build_detector, run_detector
