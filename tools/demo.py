@@ -20,16 +20,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
 
-import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_setup  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from sam_prompt import SAMDatasetMapper  # noqa: E402
 from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets, train_and_test  # noqa: E402
-from sam_prompt.visualize import side_by_side  # noqa: E402
+from sam_prompt.visualize import model_predictor, write_side_by_side  # noqa: E402
 
 DEMO_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt", "configs", "sam_demo_cpu.yaml")
 METRICS = ("AP", "AP50", "AP75")
@@ -37,25 +34,6 @@ METRICS = ("AP", "AP50", "AP75")
 
 def metrics(results):
     return {task: {k: results[task][k] for k in METRICS} for task in ("segm", "bbox")}
-
-
-def write_overlays(cfg, model, dataset, n, folder):
-    os.makedirs(folder, exist_ok=True)
-    mapper = SAMDatasetMapper(cfg, is_train=False)
-    meta = MetadataCatalog.get(dataset)
-    paths = []
-    model.eval()
-    for record in DatasetCatalog.get(dataset)[:n]:
-        x = mapper(record)
-        with torch.no_grad():
-            pred = model([x])[0]["instances"]
-        rgb = x["image"].permute(1, 2, 0).numpy()
-        if cfg.INPUT.FORMAT == "BGR":
-            rgb = rgb[:, :, ::-1]
-        path = os.path.join(folder, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
-        Image.fromarray(side_by_side(rgb, record, pred, meta)).save(path)
-        paths.append(path)
-    return paths
 
 
 def main():
@@ -85,7 +63,12 @@ def main():
     baseline = metrics(Trainer.test(base_cfg, Trainer.build_model(base_cfg)))
 
     test = cfg.DATASETS.TEST[0]
-    overlays = write_overlays(cfg, model, test, args.overlays, os.path.join(cfg.OUTPUT_DIR, "overlays"))
+    overlays = write_side_by_side(
+        DatasetCatalog.get(test)[: args.overlays],
+        model_predictor(cfg, model),
+        MetadataCatalog.get(test),
+        os.path.join(cfg.OUTPUT_DIR, "overlays"),
+    )
 
     n_test = len(DatasetCatalog.get(test))
     print(f"\n[demo] COCO AP on {test} ({n_test} images), prompts: ground-truth boxes")

@@ -22,16 +22,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data import detection_utils as utils  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
-from PIL import Image  # noqa: E402
 from pycocotools import mask as mask_util  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from sam_prompt import SAMDatasetMapper  # noqa: E402
 from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets  # noqa: E402
-from sam_prompt.visualize import side_by_side  # noqa: E402
+from sam_prompt.visualize import model_predictor, write_side_by_side  # noqa: E402
 
 
 def instances_from_results(results, record, meta):
@@ -65,29 +61,19 @@ def main(argv=None):
     name = args.dataset_name or cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
     records = DatasetCatalog.get(name)[: args.max_images]
-    os.makedirs(args.output, exist_ok=True)
 
     if args.results:
         with open(args.results) as f:
             by_image = defaultdict(list)
             for r in json.load(f):
                 by_image[r["image_id"]].append(r)
+        predict = lambda r: instances_from_results(by_image.get(r["image_id"], []), r, meta)  # noqa: E731
     else:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-        model.eval()
-        mapper = SAMDatasetMapper(cfg, is_train=False)
+        predict = model_predictor(cfg, model)
 
-    for record in tqdm(records, desc="drawing"):
-        image = utils.read_image(record["file_name"], format="RGB")
-        if args.results:
-            pred = instances_from_results(by_image.get(record["image_id"], []), record, meta)
-        else:
-            with torch.no_grad():
-                pred = model([mapper(record)])[0]["instances"]
-        out = side_by_side(image, record, pred, meta, args.score_threshold)
-        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
-        Image.fromarray(out).save(os.path.join(args.output, f"{stem}.png"))
+    write_side_by_side(records, predict, meta, args.output, args.score_threshold)
     print(f"wrote {len(records)} images to {os.path.abspath(args.output)}")
 
 

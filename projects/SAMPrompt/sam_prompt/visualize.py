@@ -1,9 +1,15 @@
 """Ground truth beside predictions, drawn with Detectron2's Visualizer."""
 
-import numpy as np
-from detectron2.utils.visualizer import ColorMode, Visualizer
+import os
 
-__all__ = ["side_by_side", "CLASS_COLORS"]
+import numpy as np
+import torch
+from detectron2.data import detection_utils as utils
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+from tqdm import tqdm
+
+__all__ = ["side_by_side", "write_side_by_side", "model_predictor", "CLASS_COLORS"]
 
 # One colour per class (RGB in [0, 1]); the same for ground truth and predictions.
 CLASS_COLORS = [
@@ -49,3 +55,41 @@ def side_by_side(image_rgb, record, predictions, metadata, score_threshold=0.0):
     ).get_image()
     gap = np.full((image_rgb.shape[0], 8, 3), 255, dtype=np.uint8)
     return np.concatenate([gt, gap, pred], axis=1)
+
+
+def model_predictor(cfg, model):
+    """record -> predicted Instances at the record's size, through the model's test-time mapper."""
+    from detectron2.data import DatasetMapper
+
+    from .engine import uses_prompts
+    from .mapper import SAMDatasetMapper
+
+    mapper = SAMDatasetMapper(cfg, is_train=False) if uses_prompts(cfg) else DatasetMapper(cfg, is_train=False)
+    model.eval()
+
+    def predict(record):
+        with torch.no_grad():
+            return model([mapper(record)])[0]["instances"]
+
+    return predict
+
+
+def write_side_by_side(records, predict, metadata, folder, score_threshold=0.0):
+    """
+    Draw ground truth | prediction for each record into ``folder/<image name>.png``.
+
+    Args:
+        predict (callable): record -> Instances at the record's (height, width).
+
+    Returns:
+        list[str]: the files written.
+    """
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for record in tqdm(records, desc="drawing"):
+        image = utils.read_image(record["file_name"], format="RGB")
+        drawn = side_by_side(image, record, predict(record), metadata, score_threshold)
+        path = os.path.join(folder, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
+        Image.fromarray(drawn).save(path)
+        paths.append(path)
+    return paths
