@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samprompt-setup
 
-.PHONY: setup test demo bench clean-venv
+.PHONY: setup test test-fast format demo pretrain bench clean-venv
 
 setup: $(STAMP)
 
@@ -12,8 +12,18 @@ $(STAMP): tools/setup_env.sh setup.py
 	VENV=$(VENV) bash tools/setup_env.sh
 	touch $@
 
+# Every test. `make test-fast` skips those marked slow (long training, whole tools end to end).
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
+
+# black + isort at 100 columns (pyproject.toml); installs the formatters into .venv when missing.
+format: $(STAMP)
+	$(PY) -m black --version >/dev/null 2>&1 || $(PY) -m pip install -q black isort
+	$(PY) -m isort projects tools tests benchmarks
+	$(PY) -m black projects tools tests benchmarks
 
 # Synthetic IWP data (generated once), a small SAM trained on the CPU, COCO AP against the
 # filled-prompt-box baseline, overlays in output/demo/overlays.

@@ -3,26 +3,22 @@
 import os
 
 import numpy as np
-from detectron2.config import get_cfg
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "projects", "SAMPrompt", "configs")
 SHARED_IWP = os.environ.get("SAMPROMPT_IWP_VAL", os.path.join(REPO, "..", "shared", "data", "iwp-val"))
 
-from sam_prompt import add_sam_config  # noqa: E402
+from sam_prompt.config import load_config  # noqa: E402
 
 
-def tiny_cfg(**overrides):
-    """The instant-test config (tiny SAM, CPU) with KEY=VALUE overrides ("." as "__")."""
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, "sam_instant_test.yaml"))
+def tiny_cfg(config="sam_instant_test.yaml", **overrides):
+    """A config of the project (default: the instant test's tiny SAM on the CPU) through
+    ``load_config``, with KEY=VALUE overrides ("." written "__")."""
     opts = []
     for k, v in overrides.items():
         opts += [k.replace("__", "."), v]
-    cfg.merge_from_list(opts)
-    return cfg
+    return load_config(os.path.join(CONFIGS, config), opts, freeze=False)
 
 
 def polygon_ellipse(cx, cy, rx, ry, n=24, phase=0.0):
@@ -90,3 +86,20 @@ def two_image_dataset(folder):
         seed=2,
     )
     return [a, b]
+
+
+def register(name, records, classes=("a", "b")):
+    """(Re-)register ``records`` as dataset ``name``."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(thing_classes=list(classes))
+    return name
+
+
+def small_dataset(folder, name="small_two"):
+    """:func:`two_image_dataset` in ``folder``, registered as ``name``."""
+    return register(name, two_image_dataset(str(folder)))

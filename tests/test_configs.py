@@ -4,11 +4,11 @@ import glob
 import os
 
 import pytest
-from common import CONFIGS, tiny_cfg
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from common import CONFIGS, polygon_ellipse, shapes_image, tiny_cfg
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
-from sam_prompt import SAMPrompt, add_sam_config
+from sam_prompt import SAMDatasetMapper, SAMPrompt
+from sam_prompt.config import load_config
 from sam_prompt.engine import argument_parser
 
 YAMLS = sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))
@@ -25,27 +25,16 @@ def test_yaml_merges_and_is_self_contained(path):
         text = f.read()
     bases = [l.split(":", 1)[1].strip().strip("'\"") for l in text.splitlines() if l.startswith("_BASE_")]
     assert all("/" not in b for b in bases), f"_BASE_ outside projects/SAMPrompt/configs: {bases}"
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    cfg.merge_from_file(path)  # raises on unknown keys
-    assert cfg.MODEL.META_ARCHITECTURE
+    cfg = load_config(path)  # raises on unknown keys and on inconsistent prompt settings
+    assert cfg.MODEL.META_ARCHITECTURE in META_ARCH_REGISTRY
 
 
-def test_prompt_types_of_leaf_configs():
-    for name, prompt in (("sam_box.yaml", "box"), ("sam_point.yaml", "point")):
-        cfg = get_cfg()
-        add_sam_config(cfg)
-        cfg.merge_from_file(os.path.join(CONFIGS, name))
-        assert cfg.MODEL.SAM.PROMPT.TYPE == prompt
-        assert cfg.MODEL.SAM.TYPE == "vit_b"
-
-
-def test_loss_defaults_follow_the_sam_paper():
-    cfg = get_cfg()
-    add_sam_config(cfg)
-    loss = cfg.MODEL.SAM.LOSS
-    assert (loss.FOCAL_WEIGHT, loss.DICE_WEIGHT, loss.IOU_WEIGHT) == (20.0, 1.0, 1.0)
-    assert cfg.MODEL.SAM.MAX_INSTANCES_PER_IMAGE == 0  # no cap
+@pytest.mark.parametrize("name, points", [("sam_box.yaml", 0), ("sam_point.yaml", 1)])
+def test_leaf_configs_make_their_prompts(tmp_path, name, points):
+    record = shapes_image(str(tmp_path / "a.png"), [(polygon_ellipse(60, 50, 30, 20), 0)])
+    inst = SAMDatasetMapper(tiny_cfg(name), is_train=False)(record)["instances"]
+    assert inst.prompt_points.shape == (1, points, 2)
+    assert (inst.prompt_labels == 1).all()
 
 
 def test_instant_test_config_builds_sam_prompt():

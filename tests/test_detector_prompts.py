@@ -64,6 +64,7 @@ def _results(records):
     return out
 
 
+@pytest.mark.slow
 def test_prompts_from_results_file(trained, tmp_path):
     model, records, name, _ = trained
     results = _results(records)
@@ -91,6 +92,7 @@ def test_prompts_from_results_file(trained, tmp_path):
             assert ys.min() >= y0 - margin and ys.max() <= y0 + h + margin
 
 
+@pytest.mark.slow
 def test_results_file_with_unknown_class_is_refused(trained, tmp_path):
     _, records, name, _ = trained
     path = tmp_path / "bad.json"
@@ -100,6 +102,7 @@ def test_results_file_with_unknown_class_is_refused(trained, tmp_path):
         Trainer.build_test_loader(cfg, name)
 
 
+@pytest.mark.slow
 def test_detector_in_process(trained, tmp_path):
     model, records, name, _ = trained
     det_cfg = tmp_path / "det.yaml"
@@ -114,20 +117,42 @@ def test_detector_in_process(trained, tmp_path):
         MODEL__SAM__DETECTOR__SCORE_THRESHOLD=0.0,
         MODEL__SAM__DETECTOR__SCORE_MODE="detector_x_iou",
     )
+    assert cfg.MODEL.META_ARCHITECTURE == "DetectorPromptedSAM"  # chosen by load_config
     sam = build_model(cfg)
-    sam.sam.load_state_dict(model.sam.state_dict())
+    # The detector is outside the module's state: a SAMPrompt state dict fits it exactly.
+    assert set(sam.state_dict()) == set(model.state_dict())
+    sam.load_state_dict(model.state_dict())
     sam.eval()
     x = SAMDatasetMapper(cfg, is_train=False)(records[0])
     with torch.no_grad():
         (out,) = sam([x])
-        dets = sam._detector_prompts([x])[0]
+        dets = sam.detector_prompts([x])[0]
     inst = out["instances"]
     assert len(inst) == len(dets) > 0  # a random detector still proposes boxes at threshold 0
-    assert torch.equal(inst.pred_classes, dets.gt_classes)
-    assert (inst.scores <= dets.det_scores + 1e-6).all()  # detector score x IoU in [0, 1]
+    assert torch.equal(inst.pred_classes, dets.prompt_classes)
+    assert (inst.scores <= dets.prompt_scores + 1e-6).all()  # detector score x IoU in [0, 1]
     assert inst.pred_masks.shape[1:] == (x["height"], x["width"])
 
 
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({}, "neither is set"),
+        ({"CONFIG_FILE": "det.yaml", "RESULTS_FILE": "r.json"}, "both are set"),
+    ],
+)
+def test_detector_source_needs_exactly_one_of_its_keys(keys, message):
+    opts = {f"MODEL__SAM__DETECTOR__{k}": v for k, v in keys.items()}
+    with pytest.raises(ValueError, match=rf"CONFIG_FILE.*RESULTS_FILE.*{message}"):
+        tiny_cfg(MODEL__SAM__PROMPT__SOURCE="detector", **opts)
+
+
+def test_detector_keys_without_detector_source_are_refused():
+    with pytest.raises(ValueError, match="PROMPT.SOURCE"):
+        tiny_cfg(MODEL__SAM__DETECTOR__RESULTS_FILE="r.json")
+
+
+@pytest.mark.slow
 def test_comparison_command_end_to_end(tmp_path):
     import subprocess
     import sys

@@ -130,12 +130,38 @@ class _FixedCrop(T.Augmentation):
         return T.CropTransform(self.x0, self.y0, self.w, self.h)
 
 
-def test_non_square_image_keeps_aspect(tmp_path):
+def test_resize_to_encoder_keeps_aspect_and_moves_prompts_with_the_image(tmp_path):
+    # The longest side becomes the encoder's 256 px (SAM rounds the other half up: 57.6 -> 58);
+    # image, masks and prompts share the transform; the output size stays the record's.
     rec = shapes_image(str(tmp_path / "wide.png"), [(polygon_ellipse(300, 40, 40, 20), 0)], size=(90, 400))
-    inst = mapper(False)(rec)["instances"]
-    assert inst.image_size == (90, 400)
+    out = mapper(False)(rec)
+    inst = out["instances"]
+    assert inst.image_size == (58, 256) and tuple(out["image"].shape) == (3, 58, 256)
+    assert (out["height"], out["width"]) == (90, 400)
+    s = 256 / 400
     x0, _, x1, _ = inst.gt_boxes.tensor[0].tolist()
-    assert abs(x0 - 260) <= 1 and abs(x1 - 340) <= 1
+    assert abs(x0 - 260 * s) <= 1 and abs(x1 - 340 * s) <= 1
+    torch.testing.assert_close(inst.prompt_boxes.tensor, inst.gt_boxes.tensor)
+    # A small image is scaled up the same way.
+    small = shapes_image(str(tmp_path / "small.png"), [(polygon_ellipse(50, 40, 20, 10), 0)], size=(80, 128))
+    out = mapper(False)(small)
+    assert tuple(out["image"].shape) == (3, 160, 256)
+    x0, y0, x1, y1 = out["instances"].gt_boxes.tensor[0].tolist()
+    assert abs(x0 - 60) <= 2 and abs(x1 - 140) <= 2 and abs(y0 - 60) <= 2 and abs(y1 - 100) <= 2
+
+
+def test_training_targets_are_rasterised_once_on_the_decoder_grid(record):
+    # The tiny SAM's decoder predicts 64 x 64 cells for a 256-px input: stride 4.
+    cfg = tiny_cfg(INPUT__RANDOM_FLIP="none")
+    out = mapper(True, cfg)(record)
+    inst = out["instances"]
+    targets = inst.gt_mask_targets
+    assert targets.dtype == torch.bool and tuple(targets.shape) == (2, 48, 64)  # 192 x 256 / 4
+    full = torch.as_tensor(np.stack([polygons_to_bitmask(p, 192, 256) for p in inst.gt_masks.polygons]))
+    pooled = torch.nn.functional.avg_pool2d(full[:, None].float(), 4)[:, 0] >= 0.5
+    disagree = (pooled != targets).float().mean().item()
+    assert disagree < 0.01  # the same masks, pooled (boundary cells may round either way)
+    assert targets.flatten(1).any(1).all()
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -147,7 +173,7 @@ def test_missing_image_names_the_file(record):
 
 def test_size_mismatch_names_the_file(record):
     bad = dict(record, height=100)
-    with pytest.raises(InvalidRecordError, match=r"img\.png.*but its record says"):
+    with pytest.raises(InvalidRecordError, match=r"img\.png.*but the record says"):
         mapper(True)(bad)
 
 

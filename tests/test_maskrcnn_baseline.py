@@ -76,6 +76,7 @@ def test_local_pretrained_file_is_loaded(tmp_path):
     torch.testing.assert_close(bb.model.conv1.weight, full.conv1.weight)
 
 
+@pytest.mark.slow
 def test_mask_rcnn_training_loss_falls(tmp_path):
     rec = shapes_image(
         str(tmp_path / "one.png"),

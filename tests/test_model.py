@@ -56,12 +56,11 @@ def test_chunked_equals_one_shot_and_plain_autograd(records, prompt):
     # Reference: plain autograd through the same per-chunk loss, no custom Function.
     model = build(**overrides)
     model.train()
-    images, scales = model.preprocess_image(batch)
-    emb = model.sam.image_encoder(images)
+    emb = model.sam.image_encoder(model.preprocess_image(batch))
     total, n = 0, 0
-    for b, (x, s) in enumerate(zip(batch, scales)):
-        boxes, points = model._prompt_tensors(x["instances"], s)
-        total = total + model._chunk_loss(emb, (b, boxes, points, x["instances"].gt_masks, s))
+    for b, x in enumerate(batch):
+        boxes, points = model._prompt_tensors(x["instances"])
+        total = total + model._chunk_loss(emb, (b, boxes, points, x["instances"].gt_mask_targets))
         n += len(x["instances"])
     (total / n).sum().backward()
     reference = _grads(model)
@@ -124,7 +123,7 @@ def test_inference_outputs(records):
         assert inst.pred_masks.shape == (n, x["height"], x["width"])
         assert inst.pred_masks.dtype == torch.bool
         assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
-        assert torch.equal(inst.pred_classes, x["instances"].gt_classes)
+        assert torch.equal(inst.pred_classes, x["instances"].prompt_classes)
         # Boxes come from the predicted masks, not from the prompts.
         expected = BitMasks(inst.pred_masks).get_bounding_boxes().tensor
         torch.testing.assert_close(inst.pred_boxes.tensor, expected)
@@ -140,24 +139,26 @@ def test_image_with_no_instances(records):
     assert len(out["instances"]) == 0
     assert out["instances"].pred_masks.shape == (0, x["height"], x["width"])
     model.train()
+    x = mapped(records[:1], is_train=True)[0]
+    x["instances"] = x["instances"][:0]
     losses = model([x])
     assert all(v.item() == 0 for v in losses.values())
     sum(losses.values()).backward()  # keeps every parameter in the graph
 
 
 def test_large_non_square_image_is_resized_not_cropped(tmp_path):
-    # 200 x 600 is wider than the 256-px encoder: it must be scaled to 86 x 256, not cut.
+    # 200 x 600 is wider than the 256-px encoder: the mapper scales it to 85 x 256 (SAM's rounding),
+    # with its prompts, and the model pads it; nothing is cut.
     rec = shapes_image(str(tmp_path / "wide.png"), [(polygon_ellipse(540, 100, 40, 60), 1)], size=(200, 600))
     model = build(MODEL__SAM__PROMPTS_PER_CHUNK=4)
     x = SAMDatasetMapper(tiny_cfg(), False)(rec)
-    images, scales = model.preprocess_image([x])
+    assert tuple(x["image"].shape) == (3, 85, 256)
+    images = model.preprocess_image([x])
     assert images.shape == (1, 3, 256, 256)
-    sy, sx, nh, nw = scales[0]
-    assert (nh, nw) == (85, 256) or (nh, nw) == (86, 256)
     # The far-right object is still in the encoder input (not normalised-zero padding).
     assert images[0, :, 20:60, 220:250].abs().sum() > 0
-    boxes, _ = model._prompt_tensors(x["instances"], scales[0])
-    assert boxes[0, 2] <= 256 and boxes[0, 0] > 200
+    x0, _, x1, _ = x["instances"].prompt_boxes.tensor[0].tolist()
+    assert abs(x0 - 500 * 256 / 600) <= 1.5 and abs(x1 - 580 * 256 / 600) <= 1.5
     model.eval()
     with torch.no_grad():
         (out,) = model([x])
@@ -167,9 +168,8 @@ def test_large_non_square_image_is_resized_not_cropped(tmp_path):
 def test_point_prompts_train_on_best_of_three(records):
     model = build(MODEL__SAM__PROMPT__TYPE="point", MODEL__SAM__PROMPTS_PER_CHUNK=8)
     batch = mapped(records, MODEL__SAM__PROMPT__TYPE="point")
-    images, scales = model.preprocess_image(batch[:1])
-    emb = model.sam.image_encoder(images)
-    _, points = model._prompt_tensors(batch[0]["instances"], scales[0])
+    emb = model.sam.image_encoder(model.preprocess_image(batch[:1]))
+    _, points = model._prompt_tensors(batch[0]["instances"])
     logits, iou = model._decode(emb, None, points, model._multimask(points))
     assert logits.shape[1] == 3 and iou.shape[1] == 3
     model.train()
@@ -180,14 +180,10 @@ def test_point_prompts_train_on_best_of_three(records):
 def test_instance_cap_limits_training_prompts(records):
     model = build(MODEL__SAM__MAX_INSTANCES_PER_IMAGE=5)
     model.train()
-    seen = []
-    original = model._chunk_loss
-
-    def spy(emb, chunk):
-        seen.append(len(chunk[3]))
-        return original(emb, chunk)
-
-    model._chunk_loss = spy
+    seen = []  # prompts reaching the mask decoder, through a public forward hook
+    model.sam.mask_decoder.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(len(kwargs["sparse_prompt_embeddings"])), with_kwargs=True
+    )
     model(mapped(records))
     assert sum(seen) == 4 + 3 + 5  # images of 4, 3 and 40 instances
 

@@ -178,6 +178,7 @@ def test_bad_inputs_have_clear_messages(tmp_path):
     assert s["tiles"] == 1 and s["features"] == 1
 
 
+@pytest.mark.slow
 def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
     scene = write_scene(str(tmp_path / "scene.tif"))
     feats = []

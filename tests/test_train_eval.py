@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from common import REPO, tiny_cfg, two_image_dataset
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -14,6 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from sam_prompt.engine import Trainer
 
 
+@pytest.mark.slow
 def test_overfit_two_images_reaches_segm_ap_80(tmp_path):
     records = two_image_dataset(str(tmp_path))
     DatasetCatalog.register("overfit_two", lambda: records)
@@ -56,6 +58,7 @@ def _run(cwd, *args):
     return out
 
 
+@pytest.mark.slow
 def test_copied_project_trains_resumes_and_evaluates(tmp_path):
     fork = tmp_path / "fork"
     shutil.copytree(

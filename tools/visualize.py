@@ -20,12 +20,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
 from pycocotools import mask as mask_util  # noqa: E402
 
 from sam_prompt.config import load_config  # noqa: E402
+from sam_prompt.checkpoint import SAMCheckpointer  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets  # noqa: E402
 from sam_prompt.visualize import model_predictor, write_side_by_side  # noqa: E402
 
@@ -70,7 +70,7 @@ def main(argv=None):
         predict = lambda r: instances_from_results(by_image.get(r["image_id"], []), r, meta)  # noqa: E731
     else:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        SAMCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
         predict = model_predictor(cfg, model)
 
     write_side_by_side(records, predict, meta, args.output, args.score_threshold)

@@ -16,9 +16,16 @@ def load_config(config_file, opts=(), freeze=True):
     add_sam_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    logger = logging.getLogger(__name__)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-        logging.getLogger(__name__).warning("CUDA is not available: running on the CPU")
+        logger.warning("CUDA is not available: running on the CPU")
+    if cfg.MODEL.META_ARCHITECTURE == "SAMPrompt":
+        from .prompts import validate_prompt_source
+
+        if validate_prompt_source(cfg) == "detector":
+            cfg.MODEL.META_ARCHITECTURE = "DetectorPromptedSAM"
+            logger.info("MODEL.SAM.DETECTOR.CONFIG_FILE is set: META_ARCHITECTURE DetectorPromptedSAM")
     if freeze:
         cfg.freeze()
     return cfg
@@ -38,6 +45,9 @@ def add_sam_config(cfg):
     # Path to an official Segment Anything checkpoint (sam_vit_*.pth) or a state dict of the same
     # layout. Loaded when the model is built; MODEL.WEIGHTS (a Detectron2 checkpoint) is applied after.
     _C.MODEL.SAM.CHECKPOINT = ""
+    # MODEL.WEIGHTS that leave parameters of SAM unloaded are an error listing them; True allows
+    # an intentional partial load (the rest keeps MODEL.SAM.CHECKPOINT's or random weights).
+    _C.MODEL.SAM.ALLOW_PARTIAL_WEIGHTS = False
 
     _C.MODEL.SAM.CUSTOM = CN()
     # Side of the square encoder input (images are resized so that their longest side equals it).
@@ -68,6 +78,10 @@ def add_sam_config(cfg):
     # this fraction of the box side, clipped to BOX_JITTER_MAX_PIXELS.
     _C.MODEL.SAM.PROMPT.BOX_JITTER_STD = 0.1
     _C.MODEL.SAM.PROMPT.BOX_JITTER_MAX_PIXELS = 20.0
+    # First point of an evaluation point prompt: "interior" (the interior point farthest from the
+    # boundary), "center" (the box centre, which falls outside concave polygons) or "random"
+    # (a pixel of the mask, seeded by file name and instance).
+    _C.MODEL.SAM.PROMPT.EVAL_POINT = "interior"
 
     # Parts of SAM kept fixed during training.
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False
@@ -112,6 +126,10 @@ def add_sam_config(cfg):
     _C.DATASETS.VIA_CLASS_ATTRIBUTE = ""
     # If not empty, every class becomes this one class (e.g. "iwp").
     _C.DATASETS.MERGE_CLASSES = ""
+    # A dataset with one annotation file is split by image into NAME_train and NAME_test: this
+    # share of the images (chosen by a hash of the file name, so adding images moves no other)
+    # is the test split. 0 = both splits are all images (development only; warned).
+    _C.DATASETS.TEST_FRACTION = 0.2
 
     # "SGD" (Detectron2's default) or "ADAMW" (what SAM was trained with).
     _C.SOLVER.OPTIMIZER = "ADAMW"

@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 
 import torch
 from detectron2.data import (
@@ -15,17 +16,36 @@ from detectron2.data import (
 )
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    LVISEvaluator,
+    PascalVOCDetectionEvaluator,
+    SemSegEvaluator,
+)
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
+from .checkpoint import SAMCheckpointer
 from .config import load_config
 from .data.register import register_dataset
 from .mapper import SAMDatasetMapper
+from .modeling import uses_prompts
 
-__all__ = ["Trainer", "argument_parser", "setup", "has_compiled_ops", "register_cfg_datasets"]
+__all__ = [
+    "Trainer",
+    "argument_parser",
+    "setup",
+    "has_compiled_ops",
+    "register_cfg_datasets",
+    "build_evaluator",
+    "coco_evaluator",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +59,71 @@ def has_compiled_ops():
     return hasattr(_C, "COCOevalEvaluateImages")
 
 
-# Meta-architectures whose inputs carry prompts made by SAMDatasetMapper.
-PROMPTED_META_ARCHITECTURES = {"SAMPrompt", "FilledPromptBox"}
+def coco_evaluator(cfg, dataset_name, output_folder=None):
+    """COCO evaluation of instance masks and boxes, as SAMPrompt's models are scored."""
+    coco_ground_truth(dataset_name)
+    # Boxes of SAMPrompt are computed from its predicted masks, so box AP is meaningful.
+    return COCOEvaluator(
+        dataset_name,
+        tasks=("bbox", "segm"),
+        distributed=True,
+        output_dir=output_folder or cfg.OUTPUT_DIR,
+        use_fast_impl=has_compiled_ops(),
+        # IWP tiles hold up to ~313 instances: COCO's default of 100 would cut recall.
+        max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+    )
 
 
-def uses_prompts(cfg):
-    return cfg.MODEL.META_ARCHITECTURE in PROMPTED_META_ARCHITECTURES
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    """
+    The evaluator(s) of a dataset, chosen by its metadata's ``evaluator_type`` as detectron2's own
+    ``tools/train_net.py`` chooses them, so that this ``train_net.py`` can replace that one in a
+    fork: "coco" (SAMPrompt's COCO evaluation), "sem_seg", "coco_panoptic_seg", "lvis",
+    "pascal_voc", "cityscapes_instance", "cityscapes_sem_seg". A dataset without an
+    ``evaluator_type`` that has ``thing_classes`` is evaluated as "coco".
+    """
+    folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+    meta = MetadataCatalog.get(dataset_name)
+    kind = meta.get("evaluator_type", None)
+    if kind is None and meta.get("thing_classes", None):
+        kind = "coco"
+    evaluators = []
+    if kind in ("sem_seg", "coco_panoptic_seg"):
+        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=folder))
+    if kind in ("coco", "coco_panoptic_seg"):
+        evaluators.append(coco_evaluator(cfg, dataset_name, output_folder))
+    if kind == "coco_panoptic_seg":
+        evaluators.append(COCOPanopticEvaluator(dataset_name, folder))
+    if kind == "cityscapes_instance":
+        evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+    if kind == "cityscapes_sem_seg":
+        evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+    if kind == "pascal_voc":
+        evaluators.append(PascalVOCDetectionEvaluator(dataset_name))
+    if kind == "lvis":
+        evaluators.append(LVISEvaluator(dataset_name, output_dir=folder))
+    if not evaluators:  # not NotImplementedError, which DefaultTrainer.test turns into "no results"
+        raise ValueError(
+            f"no evaluator for dataset {dataset_name} (evaluator_type {kind!r}); set its metadata's "
+            "evaluator_type or override Trainer.build_evaluator"
+        )
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with SAMPrompt's mapper (train and test) and COCO bbox + segm evaluation."""
+    """
+    DefaultTrainer with SAMPrompt's mapper (train and test) for models that take prompts, the
+    evaluators of detectron2's own ``tools/train_net.py`` (COCO bbox + segm for SAMPrompt's
+    datasets), and checkpoints that refuse weights that do not fit (:class:`SAMCheckpointer`).
+    """
+
+    def build_hooks(self):
+        # DefaultTrainer made a plain DetectionCheckpointer just before calling this; the
+        # PeriodicCheckpointer hook built here must hold ours.
+        self.checkpointer = SAMCheckpointer.from_config(
+            self.cfg, self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -58,7 +133,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         # Prompts come from the instances, so the test mapper keeps them.
-        mapper = SAMDatasetMapper(cfg, is_train=False, dataset_name=dataset_name) if uses_prompts(cfg) else None
+        mapper = (
+            SAMDatasetMapper(cfg, is_train=False, dataset_name=dataset_name)
+            if uses_prompts(cfg)
+            else None
+        )
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
@@ -81,17 +160,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        coco_ground_truth(dataset_name)
-        # Boxes of SAMPrompt are computed from its predicted masks, so box AP is meaningful.
-        return COCOEvaluator(
-            dataset_name,
-            tasks=("bbox", "segm"),
-            distributed=True,
-            output_dir=output_folder or cfg.OUTPUT_DIR,
-            use_fast_impl=has_compiled_ops(),
-            # IWP tiles hold up to ~313 instances: COCO's default of 100 would cut recall.
-            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-        )
+        return build_evaluator(cfg, dataset_name, output_folder)
 
 
 def coco_ground_truth(dataset_name):
@@ -157,6 +226,7 @@ def register_cfg_datasets(cfg):
             class_attribute=cfg.DATASETS.VIA_CLASS_ATTRIBUTE or None,
             merge_classes=cfg.DATASETS.MERGE_CLASSES or None,
             skip_invalid=cfg.DATASETS.SKIP_INVALID,
+            test_fraction=cfg.DATASETS.TEST_FRACTION,
         )
 
 
@@ -196,7 +266,6 @@ def check_num_classes(cfg):
             f"{cfg.DATASETS.TRAIN[0]} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES is "
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: add 'MODEL.ROI_HEADS.NUM_CLASSES {n}' to the command"
         )
-
 
 
 def train_and_test(cfg, resume=True):

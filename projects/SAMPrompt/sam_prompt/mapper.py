@@ -9,54 +9,18 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks, polygons_to_bitmask
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask
 from pycocotools import mask as mask_util
-from shapely.geometry import Polygon
 
-from .prompts import box_jitter, eval_rng, point_prompts
+from .data.check import InvalidRecordError, annotation_problem, record_name, rle, size_problem
+from .data.images import read_image
+from .modeling.build_sam import sam_arch_from_cfg
+from .prompts import GroundTruthPrompts, prompt_instances, validate_prompt_source
+from .transforms import ResizeLongestSide
 
-__all__ = ["SAMDatasetMapper", "InvalidRecordError", "annotation_problem", "bbox_xywh"]
+__all__ = ["SAMDatasetMapper", "mask_targets"]
 
 logger = logging.getLogger(__name__)
-
-
-class InvalidRecordError(ValueError):
-    """A dataset record (image or annotation) that cannot be used."""
-
-
-def _record_name(d):
-    return f"{d.get('file_name', '<no file_name>')} (image_id={d.get('image_id', '?')})"
-
-
-def annotation_problem(anno):
-    """Return why an annotation is unusable, or None."""
-    seg = anno.get("segmentation")
-    if seg is None:
-        return "no segmentation"
-    if isinstance(seg, dict):  # RLE
-        return None if mask_util.area(_rle(seg)) > 0 else "empty RLE mask"
-    if not isinstance(seg, list) or len(seg) == 0:
-        return "empty segmentation"
-    for p in seg:
-        if len(p) % 2 or len(p) < 6:
-            return f"polygon with {len(p) / 2:g} points (need >= 3)"
-    if "bbox" in anno:
-        x0, y0, w, h = bbox_xywh(anno)
-        if w <= 0 or h <= 0:
-            return f"zero-area box {list(anno['bbox'])}"
-    area = sum(Polygon(np.asarray(p, dtype=np.float64).reshape(-1, 2)).area for p in seg)
-    return None if area > 0 else "zero-area polygon"
-
-
-def bbox_xywh(anno):
-    """The annotation's box as XYWH_ABS."""
-    return BoxMode.convert(list(anno["bbox"]), anno.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYWH_ABS)
-
-
-def _rle(seg):
-    if isinstance(seg["counts"], list):  # uncompressed RLE
-        seg = mask_util.frPyObjects(seg, *seg["size"])
-    return seg
 
 
 def _local_mask(polygons, image_size):
@@ -88,29 +52,58 @@ def _tighten(mask, x0, y0):
         return None, None
     r0, r1 = np.nonzero(rows)[0][[0, -1]]
     c0, c1 = np.nonzero(cols)[0][[0, -1]]
-    box = np.array([x0 + c0, y0 + r0, x0 + c1 + 1, y0 + r1 + 1], dtype=np.float64)
+    box = np.array([x0 + c0, y0 + r0, x0 + c1 + 1, y0 + r1 + 1], dtype=np.int64)
     return mask[r0 : r1 + 1, c0 : c1 + 1], box
+
+
+def mask_targets(masks, boxes, image_size, stride):
+    """
+    Instance masks on the mask decoder's grid: a cell is foreground when at least half of its
+    ``stride`` x ``stride`` pixels are.
+
+    Args:
+        masks (list[ndarray[h, w] bool]): each instance's mask within its box.
+        boxes (ndarray[N, 4] int): XYXY boxes of the masks.
+        image_size (tuple[int, int]): (H, W) of the image.
+        stride (int): image pixels per decoder cell.
+
+    Returns:
+        Tensor[N, ceil(H / stride), ceil(W / stride)] bool
+    """
+    H, W = image_size
+    gh, gw = -(-H // stride), -(-W // stride)
+    out = np.zeros((len(masks), gh, gw), dtype=bool)
+    for i, (m, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes)):
+        bx0, by0 = x0 // stride, y0 // stride
+        bx1, by1 = -(-x1 // stride), -(-y1 // stride)
+        canvas = np.zeros(((by1 - by0) * stride, (bx1 - bx0) * stride), dtype=np.float32)
+        oy, ox = y0 - by0 * stride, x0 - bx0 * stride
+        canvas[oy : oy + m.shape[0], ox : ox + m.shape[1]] = m
+        cells = canvas.reshape(by1 - by0, stride, bx1 - bx0, stride).mean(axis=(1, 3))
+        out[i, by0:by1, bx0:bx1] = cells >= 0.5
+    return torch.from_numpy(out)
 
 
 class SAMDatasetMapper:
     """
     Map a Detectron2 dataset dict to the input of :class:`SAMPrompt`.
 
-    1. Read the image (an unreadable file or a size other than the record's is an error naming
-       the file).
-    2. Apply the augmentations to the image and the instance polygons (or RLE masks).
+    1. Read the image (:func:`sam_prompt.data.images.read_image`: EXIF applied, 16-bit images
+       stretched, not clipped). An unreadable file or a size other than the record's is an error
+       naming the file; in training with ``skip_invalid`` it is a counted skip.
+    2. Apply the augmentations, then :class:`ResizeLongestSide` to the encoder size, to the image
+       and the instance polygons (or RLE masks): one transform for image, masks and prompts.
     3. Drop instances that the augmentations moved out of the image; in training, when none is
        left, try another crop (``crop_retries`` times), then return None so that the data loader
        draws another image. Both are counted in the log.
-    4. Make prompts: training prompts are random (jittered boxes; points sampled inside the
-       mask), evaluation prompts are deterministic.
-
-    With ``detections`` (evaluation only), the prompts are the detector's boxes of the image
-    instead, with its classes (``gt_classes``) and scores (``det_scores``).
+    4. Make prompts (:class:`sam_prompt.prompts.GroundTruthPrompts`), or take them from a
+       detector's results (``detections``, evaluation only).
+    5. In training, rasterise the loss targets once, on the mask decoder's grid
+       (``gt_mask_targets``).
 
     Instances are kept at evaluation too (prompts come from them). The output ``instances`` hold
-    ``gt_boxes`` (tight boxes of the visible masks), ``gt_classes``, ``gt_masks``,
-    ``prompt_boxes`` (Boxes), ``prompt_points`` (N, P, 2) and ``prompt_labels`` (N, P).
+    the prompt fields of :func:`sam_prompt.prompts.prompt_instances` and, for ground-truth
+    prompts, ``gt_boxes`` (tight boxes of the visible masks), ``gt_classes`` and ``gt_masks``.
     """
 
     @configurable
@@ -120,81 +113,94 @@ class SAMDatasetMapper:
         *,
         augmentations,
         image_format,
-        prompt_type="box",
-        num_positive_points=1,
-        num_negative_points=0,
-        box_jitter_std=0.1,
-        box_jitter_max_pixels=20.0,
+        prompts,
+        target_stride=4,
         crop_retries=10,
         skip_invalid=False,
         detections=None,
     ):
-        if prompt_type not in ("box", "point"):
-            raise ValueError(f"prompt type must be 'box' or 'point', got {prompt_type!r}")
-        if prompt_type == "point" and num_positive_points < 1:
-            raise ValueError("point prompts need at least one positive point per instance")
+        """
+        Args:
+            is_train (bool):
+            augmentations (list[Augmentation]): ending with the resize to the encoder size.
+            image_format (str): INPUT.FORMAT.
+            prompts (GroundTruthPrompts):
+            target_stride (int): image pixels per cell of the mask decoder's output.
+            crop_retries (int): see INPUT.CROP.MAX_RETRIES.
+            skip_invalid (bool): DATASETS.SKIP_INVALID.
+            detections (dict): image_id -> (boxes XYXY, classes, scores) of a detector
+                (:func:`sam_prompt.detections.load_detections`), replacing ground-truth prompts.
+        """
+        if detections is not None and is_train:
+            raise ValueError("detector prompts are for evaluation, not training")
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
-        self.prompt_type = prompt_type
-        self.num_positive_points = num_positive_points if prompt_type == "point" else 0
-        self.num_negative_points = num_negative_points if prompt_type == "point" else 0
-        self.box_jitter_std = box_jitter_std
-        self.box_jitter_max_pixels = box_jitter_max_pixels
+        self.prompts = prompts
+        self.target_stride = int(target_stride)
         self.crop_retries = crop_retries
         self.skip_invalid = skip_invalid
-        if detections is not None and (is_train or prompt_type != "box"):
-            raise ValueError("detector prompts are boxes, for evaluation (not training)")
         self.detections = detections
         self.counts = Counter()
         logger.info(f"[SAMDatasetMapper] is_train={is_train} augmentations: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train=True, dataset_name=None):
+        source = validate_prompt_source(cfg)
+        arch = sam_arch_from_cfg(cfg)
         augs = utils.build_augmentation(cfg, is_train)
         if cfg.INPUT.CROP.ENABLED and is_train:
             augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-        p = cfg.MODEL.SAM.PROMPT
+        augs.append(ResizeLongestSide(arch["image_size"]))
+        detections = None
+        if source == "results_file" and not is_train:
+            from .detections import load_detections
+
+            det = cfg.MODEL.SAM.DETECTOR
+            detections = load_detections(det.RESULTS_FILE, dataset_name, det.SCORE_THRESHOLD)
         return {
             "is_train": is_train,
             "augmentations": augs,
             "image_format": cfg.INPUT.FORMAT,
-            "prompt_type": p.TYPE,
-            "num_positive_points": p.NUM_POSITIVE_POINTS,
-            "num_negative_points": p.NUM_NEGATIVE_POINTS,
-            "box_jitter_std": p.BOX_JITTER_STD,
-            "box_jitter_max_pixels": p.BOX_JITTER_MAX_PIXELS,
+            "prompts": GroundTruthPrompts.from_config(cfg),
+            "target_stride": decoder_stride(arch),
             "crop_retries": cfg.INPUT.CROP.MAX_RETRIES,
             "skip_invalid": cfg.DATASETS.SKIP_INVALID,
-            "detections": _detections_from_cfg(cfg, is_train, dataset_name),
+            "detections": detections,
         }
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
         image = self._read_image(d)
+        if image is None:
+            return None
         if self.detections is not None:
             return self._with_detections(d, image)
         annos = self._valid_annotations(d)
 
         attempts = 1 + (self.crop_retries if self.is_train else 0)
-        for attempt in range(attempts):
+        for _ in range(attempts):
             aug_input = T.AugInput(image)
             transforms = self.augmentations(aug_input)
-            instances, masks = self._transform_instances(annos, transforms, aug_input.image.shape[:2])
+            size = aug_input.image.shape[:2]
+            instances, masks, boxes = self._transform_instances(annos, transforms, size)
             if len(instances) or not self.is_train:
                 break
             self._count("training crops that left no instance (re-cropped)")
         if self.is_train and len(instances) == 0:
-            self._count(
-                f"training images with no instance after {attempts} crops (another image drawn)"
-            )
+            self._count(f"training images with no instance after {attempts} crops (another image drawn)")
             return None
 
-        img = aug_input.image
-        d["image"] = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        self._add_prompts(instances, masks, d)
-        d["instances"] = instances
+        prompts = self.prompts(
+            boxes, masks, instances.gt_classes.numpy(), size, self.is_train, d.get("file_name", "")
+        )
+        for name, value in instances.get_fields().items():
+            prompts.set(name, value)
+        if self.is_train:
+            prompts.gt_mask_targets = mask_targets(masks, boxes, size, self.target_stride)
+        d["image"] = _to_chw(aug_input.image)
+        d["instances"] = prompts
         d.pop("annotations", None)
         d.pop("sem_seg_file_name", None)
         return d
@@ -209,20 +215,23 @@ class SAMDatasetMapper:
             logger.warning(f"[SAMDatasetMapper] {what}: {n} so far.{suffix}")
 
     def _read_image(self, d):
-        name = _record_name(d)
+        name = record_name(d)
         try:
-            image = utils.read_image(d["file_name"], format=self.image_format)
-        except (OSError, ValueError) as e:  # missing, unreadable or not an image
-            raise InvalidRecordError(f"Cannot read image {name}: {e}") from e
-        h, w = image.shape[:2]
-        if (d.get("height", h), d.get("width", w)) != (h, w):
-            raise InvalidRecordError(
-                f"Image {name} is {w}x{h} (WxH) but its record says "
-                f"{d.get('width')}x{d.get('height')}"
-            )
-        d.setdefault("height", h)
-        d.setdefault("width", w)
-        return image
+            image = read_image(d["file_name"], format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:  # missing, truncated or not an image
+            image, problem = None, f"Cannot read image {name}: {e}"
+        else:
+            h, w = image.shape[:2]
+            problem = size_problem(d, h, w)
+            problem = problem and f"{name}: {problem}"
+        if problem is None:
+            d.setdefault("height", h)
+            d.setdefault("width", w)
+            return image
+        if self.is_train and self.skip_invalid:
+            self._count("skipped unreadable images (DATASETS.SKIP_INVALID)", problem)
+            return None
+        raise InvalidRecordError(problem)
 
     def _valid_annotations(self, d):
         annos = []
@@ -233,7 +242,7 @@ class SAMDatasetMapper:
             if problem is None:
                 annos.append(anno)
                 continue
-            where = f"{_record_name(d)}, annotation {i}"
+            where = f"{record_name(d)}, annotation {i}"
             if not self.skip_invalid:
                 raise InvalidRecordError(
                     f"Invalid annotation in {where}: {problem}. Fix the data, or set "
@@ -248,7 +257,7 @@ class SAMDatasetMapper:
         for anno in annos:
             seg = anno["segmentation"]
             if isinstance(seg, dict):  # RLE: transform the full-size bitmask
-                full = transforms.apply_segmentation(mask_util.decode(_rle(seg)).astype(np.uint8))
+                full = transforms.apply_segmentation(mask_util.decode(rle(seg)).astype(np.uint8))
                 local, box = _tighten(full.astype(bool), 0, 0)
                 polys = None
             else:
@@ -263,77 +272,45 @@ class SAMDatasetMapper:
             masks.append(local)
             boxes.append(box)
 
+        boxes = np.array(boxes, dtype=np.int64).reshape(-1, 4)
         instances = Instances((h, w))
         instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-        instances.gt_boxes = Boxes(torch.as_tensor(np.array(boxes).reshape(-1, 4), dtype=torch.float32))
+        instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
         if any(p is None for p in polys_out):  # some RLE masks: all instances as bitmasks
             full = [_paste(m, b, h, w) for m, b in zip(masks, boxes)]
             full = np.stack(full) if full else np.zeros((0, h, w), dtype=bool)
             instances.gt_masks = BitMasks(torch.as_tensor(full))
         else:
             instances.gt_masks = PolygonMasks([[p.ravel() for p in ps] for ps in polys_out])
-        return instances, masks
+        return instances, masks, boxes
 
     def _with_detections(self, d, image):
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         h, w = aug_input.image.shape[:2]
-        boxes, classes, scores = self.detections.get(
-            d.get("image_id"), (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        )
+        empty = (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        boxes, classes, scores = self.detections.get(d.get("image_id"), empty)
         boxes = transforms.apply_box(boxes).clip(min=0) if len(boxes) else boxes
         boxes = np.minimum(boxes, [w, h, w, h])
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        instances = Instances((h, w))
-        instances.gt_boxes = Boxes(torch.as_tensor(boxes[keep], dtype=torch.float32))
-        instances.prompt_boxes = instances.gt_boxes.clone()
-        instances.gt_classes = torch.as_tensor(classes[keep], dtype=torch.int64)
-        instances.det_scores = torch.as_tensor(scores[keep], dtype=torch.float32)
-        n = int(keep.sum())
-        instances.prompt_points = torch.zeros((n, 0, 2))
-        instances.prompt_labels = torch.zeros((n, 0), dtype=torch.int64)
-        d["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-        d["instances"] = instances
+        d["image"] = _to_chw(aug_input.image)
+        d["instances"] = prompt_instances(
+            (h, w), boxes=boxes[keep], classes=classes[keep], scores=scores[keep]
+        )
         d.pop("annotations", None)
         return d
 
-    def _add_prompts(self, instances, masks, d):
-        n = len(instances)
-        boxes = instances.gt_boxes.tensor.numpy().astype(np.float64)
-        h, w = instances.image_size
-        P = self.num_positive_points + self.num_negative_points
-        points = np.zeros((n, P, 2), dtype=np.float32)
-        labels = np.zeros((n, P), dtype=np.int64)
-        if self.is_train:
-            rng = np.random.default_rng(np.random.randint(2**31))
-        for i in range(n):
-            if not self.is_train:
-                rng = eval_rng(d.get("file_name", ""), i)
-            if self.is_train and self.prompt_type == "box":
-                boxes[i] = box_jitter(
-                    boxes[i], rng, self.box_jitter_std, self.box_jitter_max_pixels, (h, w)
-                )
-            if P:
-                points[i], labels[i] = point_prompts(
-                    masks[i],
-                    instances.gt_boxes.tensor[i].numpy(),
-                    self.num_positive_points,
-                    self.num_negative_points,
-                    rng,
-                    deterministic_first=not self.is_train,
-                )
-        instances.prompt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
-        instances.prompt_points = torch.as_tensor(points)
-        instances.prompt_labels = torch.as_tensor(labels)
+
+def decoder_stride(arch):
+    """Encoder-input pixels per cell of SAM's mask decoder output (4x the embedding grid)."""
+    patch = arch["patch_size"]
+    if patch % 4:
+        raise ValueError(f"SAM patch size {patch} is not a multiple of 4 (the mask decoder upsamples 4x)")
+    return patch // 4
 
 
-def _detections_from_cfg(cfg, is_train, dataset_name):
-    det = cfg.MODEL.SAM.DETECTOR
-    if is_train or cfg.MODEL.SAM.PROMPT.SOURCE != "detector" or not det.RESULTS_FILE:
-        return None
-    from .detections import load_detections
-
-    return load_detections(det.RESULTS_FILE, dataset_name, det.SCORE_THRESHOLD)
+def _to_chw(image):
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def _paste(local, box, h, w):

@@ -8,16 +8,18 @@ import time
 import numpy as np
 import shapely
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from pycocotools import mask as mask_util
 from shapely import affinity
 from shapely.geometry import mapping, shape
 from tqdm import tqdm
 
-from .engine import uses_prompts
+from .checkpoint import SAMCheckpointer
+from .modeling import uses_prompts
+from .modeling.build_sam import sam_arch_from_cfg
+from .prompts import prompt_instances
+from .transforms import ResizeLongestSide
 from .tiling import SceneError, SceneReader, masks_to_polygons, stitch, tile_grid, touches_inner_edge
 
 __all__ = ["TileModel", "load_prompts", "predict_scene"]
@@ -31,44 +33,43 @@ class TileModel:
     def __init__(self, cfg):
         self.model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            SAMCheckpointer.from_config(cfg, self.model).load(cfg.MODEL.WEIGHTS)
         self.model.eval()
         self.input_format = cfg.INPUT.FORMAT
-        prompted = uses_prompts(cfg)
-        self.resize = None if prompted else T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        self.needs_prompts = prompted and getattr(self.model, "detector", None) is None
+        if uses_prompts(cfg):  # the mapper's resize: image and prompts share one transform
+            self.resize = ResizeLongestSide(sam_arch_from_cfg(cfg)["image_size"])
+        else:
+            self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.needs_prompts = uses_prompts(cfg) and not hasattr(self.model, "detector_prompts")
         self.prompt_type = getattr(self.model, "prompt_type", None)
 
     def __call__(self, images, prompts):
+        """
+        Args:
+            images (list[ndarray[h, w, 3] uint8]): RGB tiles.
+            prompts (list[tuple]): per tile (boxes [N, 4] or None, points [N, 2] or None,
+                classes [N]) in tile pixels (used when the model needs prompts).
+
+        Returns:
+            list[Instances]: predictions at each tile's size, on the CPU.
+        """
         inputs = []
-        for img, p in zip(images, prompts):
+        for img, (boxes, points, classes) in zip(images, prompts):
             h, w = img.shape[:2]
             arr = img if self.input_format == "RGB" else img[:, :, ::-1]
-            if self.resize is not None:
-                arr = self.resize.get_transform(arr).apply_image(arr)
-            x = {"image": torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1))), "height": h, "width": w}
+            transform = self.resize.get_transform(arr)
+            x = {"image": torch.as_tensor(np.ascontiguousarray(transform.apply_image(arr).transpose(2, 0, 1)))}
+            x.update(height=h, width=w)
             if self.needs_prompts:
-                x["instances"] = _prompt_instances(p, (h, w))
+                x["instances"] = prompt_instances(
+                    x["image"].shape[-2:],
+                    classes=classes,
+                    boxes=None if boxes is None else transform.apply_box(boxes),
+                    points=None if points is None else transform.apply_coords(np.array(points, dtype=np.float64)),
+                )
             inputs.append(x)
         with torch.no_grad():
             return [o["instances"].to("cpu") for o in self.model(inputs)]
-
-
-def _prompt_instances(p, size):
-    boxes, points, classes = p
-    n = len(classes)
-    inst = Instances(size)
-    if boxes is None:  # points: the box prompt is unused, keep a valid one
-        boxes = np.concatenate([points - 1, points + 1], axis=1)
-    inst.prompt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
-    if points is not None:
-        inst.prompt_points = torch.as_tensor(points, dtype=torch.float32).reshape(n, 1, 2)
-        inst.prompt_labels = torch.ones((n, 1), dtype=torch.int64)
-    else:
-        inst.prompt_points = torch.zeros((n, 0, 2))
-        inst.prompt_labels = torch.zeros((n, 0), dtype=torch.int64)
-    return inst
 
 
 def load_prompts(path, reader):
@@ -184,7 +185,17 @@ def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, promp
     if max(reader.width, reader.height) < tile_size:
         logger.info(f"{path}: {reader.width}x{reader.height} is smaller than one tile: one padded tile")
     tiles = tile_grid(reader.width, reader.height, tile_size, overlap)
-    per_tile = _assign(load_prompts(prompts_file, reader), tiles) if prompts_file else {}
+    per_tile = {}
+    if prompts_file:
+        prompts = load_prompts(prompts_file, reader)
+        kinds = {"box": prompts[0] is not None, "point": prompts[1] is not None}
+        if model.needs_prompts and len(prompts[2]) and not kinds[model.prompt_type]:
+            given = "points" if kinds["point"] else "boxes (polygons)"
+            raise SceneError(
+                f"{prompts_file} holds {given} but the model takes {model.prompt_type} prompts "
+                "(MODEL.SAM.PROMPT.TYPE)"
+            )
+        per_tile = _assign(prompts, tiles)
     prompted = bool(prompts_file)
 
     log_file = os.path.join(out_dir, "tiles.jsonl")

@@ -4,10 +4,11 @@ import os
 
 import numpy as np
 import torch
-from detectron2.data import detection_utils as utils
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 from tqdm import tqdm
+
+from .data.images import read_image
 
 __all__ = ["side_by_side", "write_side_by_side", "model_predictor", "CLASS_COLORS"]
 
@@ -61,8 +62,8 @@ def model_predictor(cfg, model):
     """record -> predicted Instances at the record's size, through the model's test-time mapper."""
     from detectron2.data import DatasetMapper
 
-    from .engine import uses_prompts
     from .mapper import SAMDatasetMapper
+    from .modeling import uses_prompts
 
     mapper = SAMDatasetMapper(cfg, is_train=False) if uses_prompts(cfg) else DatasetMapper(cfg, is_train=False)
     model.eval()
@@ -87,7 +88,7 @@ def write_side_by_side(records, predict, metadata, folder, score_threshold=0.0):
     os.makedirs(folder, exist_ok=True)
     paths = []
     for record in tqdm(records, desc="drawing"):
-        image = utils.read_image(record["file_name"], format="RGB")
+        image = read_image(record["file_name"], format="RGB")
         drawn = side_by_side(image, record, predict(record), metadata, score_threshold)
         path = os.path.join(folder, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
         Image.fromarray(drawn).save(path)

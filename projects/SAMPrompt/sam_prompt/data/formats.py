@@ -16,20 +16,44 @@ Loading is tolerant: a record whose image cannot be read keeps ``height``/``widt
 (``category_name``) so that splits can share one class list (:func:`assign_category_ids`).
 """
 
+import collections
 import json
 import logging
 import os
+from typing import NamedTuple, Optional
+
 import numpy as np
-from PIL import Image
 from shapely.geometry import Polygon
+
+from .images import image_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["detect_format", "load_records", "assign_category_ids", "write_dataset"]
+__all__ = [
+    "DatasetFormatError",
+    "LoadedDataset",
+    "detect_format",
+    "load_records",
+    "assign_category_ids",
+    "class_name_variants",
+    "write_dataset",
+]
 
 
 class DatasetFormatError(ValueError):
-    """A dataset file that is not in a supported format."""
+    """A dataset file that is not in a supported format, or a record it cannot hold."""
+
+
+class LoadedDataset(NamedTuple):
+    """What :func:`load_records` read from one file."""
+
+    records: list
+    fmt: str
+    # Class names in the order the file defines them (COCO categories by id, Detectron2 category
+    # ids), or None when the file has no class list (VIA).
+    class_names: Optional[list]
+    # The file's own category ids of ``class_names`` (COCO), else None.
+    dataset_ids: Optional[list] = None
 
 
 def detect_format(obj):
@@ -48,10 +72,10 @@ def detect_format(obj):
 
 
 def _image_size(path):
+    """(h, w) with the EXIF orientation applied, or (None, None) when unreadable (reported later)."""
     try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError):
+        return image_size(path)
+    except (OSError, ValueError, SyntaxError):
         return None, None
 
 
@@ -66,10 +90,8 @@ def load_records(json_path, image_root=None, class_attribute=None):
         class_attribute (str): VIA region attribute holding the class name.
 
     Returns:
-        records (list[dict]): dataset dicts whose annotations carry ``category_name`` (and, for
-        COCO, the original ``category_id`` in ``coco_category_id``); ``fmt`` (str);
-        ``class_names`` (list[str]) in the order the file defines them (COCO categories by id,
-        Detectron2 category ids), or None (VIA).
+        LoadedDataset: records (dataset dicts whose annotations carry ``category_name``), the
+        format, the file's class names and (COCO) their dataset ids.
     """
     try:
         with open(json_path) as f:
@@ -82,12 +104,12 @@ def load_records(json_path, image_root=None, class_attribute=None):
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(json_path))
     if fmt == "detectron2":
         records, names = _load_detectron2(obj, root, json_path)
-        return records, fmt, names
+        return LoadedDataset(records, fmt, names)
     if fmt == "coco":
-        records, names = _load_coco(obj, root)
-        return records, fmt, names
+        records, names, ids = _load_coco(obj, root, json_path)
+        return LoadedDataset(records, fmt, names, ids)
     if fmt == "via":
-        return _load_via(obj, root, json_path, class_attribute), fmt, None
+        return LoadedDataset(_load_via(obj, root, json_path, class_attribute), fmt, None)
     raise DatasetFormatError(
         f"{json_path}: not a Detectron2 list of dicts, a COCO instances file or a VIA file"
     )
@@ -118,25 +140,33 @@ def _load_detectron2(obj, root, json_path):
     return records, names
 
 
-def _load_coco(obj, root):
-    cats = sorted(obj["categories"], key=lambda c: c["id"])
-    names = [c["name"] for c in cats]
-    id_to_name = {c["id"]: c["name"] for c in cats}
+def _load_coco(obj, root, json_path):
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(obj[key], list):
+            raise DatasetFormatError(f"{json_path}: '{key}' is a {type(obj[key]).__name__}, not a list")
+    try:
+        cats = sorted(obj["categories"], key=lambda c: c["id"])
+        names = [str(c["name"]) for c in cats]
+    except (KeyError, TypeError) as e:
+        raise DatasetFormatError(f"{json_path}: a category without 'id' or 'name' ({e})") from None
+    id_to_name = {c["id"]: name for c, name in zip(cats, names)}
     by_image = {}
     for a in obj["annotations"]:
         by_image.setdefault(a.get("image_id"), []).append(a)
     records = []
-    for img in obj["images"]:
+    for k, img in enumerate(obj["images"]):
+        if not isinstance(img, dict) or "file_name" not in img or "id" not in img:
+            raise DatasetFormatError(f"{json_path}: images[{k}] has no 'file_name' or 'id'")
         annos = []
         for a in by_image.get(img["id"], []):
-            x, y, w, h = a.get("bbox", (0, 0, 0, 0))
+            x, y, w, h = a.get("bbox") or (0, 0, 0, 0)
+            cid = a.get("category_id")
             annos.append(
                 {
                     "bbox": [x, y, x + w, y + h],
                     "bbox_mode": 0,
                     "segmentation": a.get("segmentation"),
-                    "category_name": id_to_name.get(a.get("category_id"), f"<unknown id {a.get('category_id')}>"),
-                    "coco_category_id": a.get("category_id"),
+                    "category_name": id_to_name.get(cid, f"<unknown category id {cid}>"),
                     "iscrowd": a.get("iscrowd", 0),
                 }
             )
@@ -149,21 +179,28 @@ def _load_coco(obj, root):
                 "annotations": annos,
             }
         )
-    return records, names
+    return records, names, [c["id"] for c in cats]
 
 
 def _via_class(attrs, class_attribute, where):
+    if not isinstance(attrs, dict):
+        raise DatasetFormatError(f"{where}: region_attributes is a {type(attrs).__name__}, not a dict")
     if class_attribute is not None:
         if class_attribute not in attrs:
-            raise DatasetFormatError(f"{where}: no region attribute {class_attribute!r} (has {sorted(attrs)})")
+            raise DatasetFormatError(
+                f"{where}: no region attribute {class_attribute!r} (it has {sorted(attrs) or 'none'})"
+            )
         value = attrs[class_attribute]
     elif len(attrs) == 1:
         value = next(iter(attrs.values()))
     elif "object_name" in attrs:
         value = attrs["object_name"]
+    elif not attrs:
+        raise DatasetFormatError(f"{where}: the region has no attributes, so it has no class")
     else:
         raise DatasetFormatError(
-            f"{where}: which region attribute is the class? Pass class_attribute (one of {sorted(attrs)})"
+            f"{where}: which region attribute is the class? Pass class_attribute "
+            f"(--class-attribute; one of {sorted(attrs)})"
         )
     if isinstance(value, dict):  # VIA checkbox attributes: {"name": true}
         chosen = [k for k, v in value.items() if v]
@@ -171,31 +208,53 @@ def _via_class(attrs, class_attribute, where):
     return str(value)
 
 
+def _via_polygon(shape, where):
+    """(K, 2) vertices of a VIA polygon/rect shape; a degenerate shape gives (0, 2)."""
+    if not isinstance(shape, dict):
+        raise DatasetFormatError(f"{where}: shape_attributes is a {type(shape).__name__}, not a dict")
+    kind = shape.get("name")
+    try:
+        if kind in ("polygon", "polyline"):
+            xs, ys = shape.get("all_points_x", []), shape.get("all_points_y", [])
+            if not isinstance(xs, list) or not isinstance(ys, list):
+                raise TypeError("all_points_x / all_points_y are not lists")
+            if len(xs) != len(ys) or not xs:
+                return np.zeros((0, 2))  # reported as a degenerate polygon by the checker
+            return np.stack([np.asarray(xs, float), np.asarray(ys, float)], 1)
+        if kind == "rect":
+            x, y, rw, rh = (float(shape[k]) for k in ("x", "y", "width", "height"))
+            return np.array([[x, y], [x + rw, y], [x + rw, y + rh], [x, y + rh]])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetFormatError(f"{where}: malformed {kind} shape ({e})") from None
+    raise DatasetFormatError(f"{where}: unsupported VIA shape {kind!r} (polygon or rect)")
+
+
 def _load_via(obj, root, json_path, class_attribute):
     meta = obj.get("_via_img_metadata", obj)
+    if not isinstance(meta, dict):
+        raise DatasetFormatError(f"{json_path}: _via_img_metadata is not a dict")
     records = []
     for i, (key, entry) in enumerate(meta.items()):
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+            raise DatasetFormatError(f"{json_path}: entry {key!r} has no 'filename'")
         file_name = os.path.join(root, entry["filename"])
         h, w = _image_size(file_name)
-        regions = entry["regions"]
+        regions = entry.get("regions", [])
         if isinstance(regions, dict):  # VIA 1: {"0": region, ...}
-            regions = [regions[k] for k in sorted(regions, key=lambda k: int(k) if str(k).isdigit() else k)]
+            order = sorted(regions, key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
+            regions = [regions[k] for k in order]
+        if not isinstance(regions, list):
+            raise DatasetFormatError(
+                f"{json_path}: {entry['filename']}: 'regions' is a {type(regions).__name__}, not a list"
+            )
         annos = []
         for j, region in enumerate(regions):
             where = f"{json_path}: {entry['filename']} region {j}"
-            shape = region.get("shape_attributes", {})
-            kind = shape.get("name")
-            if kind in ("polygon", "polyline"):
-                xs, ys = shape.get("all_points_x", []), shape.get("all_points_y", [])
-                if len(xs) != len(ys):
-                    xs, ys = [], []  # reported as a degenerate polygon by the checker
-            elif kind == "rect":
-                x, y, rw, rh = (shape[k] for k in ("x", "y", "width", "height"))
-                xs, ys = [x, x + rw, x + rw, x], [y, y, y + rh, y + rh]
-            else:
-                raise DatasetFormatError(f"{where}: unsupported VIA shape {kind!r} (polygon or rect)")
-            poly = np.stack([np.asarray(xs, float), np.asarray(ys, float)], 1) if xs else np.zeros((0, 2))
-            bbox = [*poly.min(0), *poly.max(0)] if len(poly) else [0.0, 0.0, 0.0, 0.0]
+            if not isinstance(region, dict):
+                raise DatasetFormatError(f"{where}: a region is a {type(region).__name__}, not a dict")
+            poly = _via_polygon(region.get("shape_attributes"), where)
+            finite = poly[np.isfinite(poly).all(1)]
+            bbox = [*finite.min(0), *finite.max(0)] if len(finite) else [0.0, 0.0, 0.0, 0.0]
             annos.append(
                 {
                     "segmentation": [poly.ravel().tolist()],
@@ -208,9 +267,31 @@ def _load_via(obj, root, json_path, class_attribute):
     return records
 
 
+def _class_key(name):
+    """Spellings of one class: case and surrounding spaces do not make another class."""
+    return str(name).strip().casefold()
+
+
+def class_name_variants(splits):
+    """
+    Class names that differ only in case or surrounding spaces.
+
+    Returns:
+        dict[str, dict[str, int]]: key -> {spelling: instances}, only keys with several spellings.
+    """
+    spellings = collections.defaultdict(collections.Counter)
+    for recs in splits:
+        for r in recs:
+            for a in r["annotations"]:
+                spellings[_class_key(a["category_name"])][a["category_name"]] += 1
+    return {k: dict(v) for k, v in spellings.items() if len(v) > 1}
+
+
 def assign_category_ids(splits, class_names=None, merge_classes=None):
     """
     Give the annotations of several splits contiguous ``category_id`` from one class list.
+    Names that differ only in case or surrounding spaces are one class (logged; its name is the
+    file's, or the most frequent spelling).
 
     Args:
         splits (list[list[dict]]): records of each split (modified in place).
@@ -220,17 +301,34 @@ def assign_category_ids(splits, class_names=None, merge_classes=None):
     Returns:
         list[str]: class names, index = category_id.
     """
+    variants = class_name_variants(splits)
+    for key, spellings in variants.items():
+        logger.warning(
+            f"class names {sorted(spellings, key=repr)} differ only in case or spaces: one class "
+            f"({', '.join(f'{k!r}: {v}' for k, v in spellings.items())} instances)"
+        )
     if merge_classes:
         names = [merge_classes]
     elif class_names:
-        names = list(class_names)
+        names = [str(n).strip() for n in class_names]
+        keys = collections.Counter(_class_key(n) for n in names)
+        clash = sorted(n for n in names if keys[_class_key(n)] > 1)
+        if clash:
+            raise DatasetFormatError(
+                f"the dataset's categories {clash} differ only in case or spaces; rename or merge them"
+            )
     else:
-        names = sorted({a["category_name"] for recs in splits for r in recs for a in r["annotations"]})
-    index = {n: i for i, n in enumerate(names)}
+        counts = collections.defaultdict(collections.Counter)
+        for recs in splits:
+            for r in recs:
+                for a in r["annotations"]:
+                    counts[_class_key(a["category_name"])][str(a["category_name"]).strip()] += 1
+        names = sorted(c.most_common(1)[0][0] for c in counts.values())
+    index = {_class_key(n): i for i, n in enumerate(names)}
     for recs in splits:
         for r in recs:
             for a in r["annotations"]:
-                a["category_id"] = 0 if merge_classes else index.get(a["category_name"], -1)
+                a["category_id"] = 0 if merge_classes else index.get(_class_key(a["category_name"]), -1)
     return names
 
 

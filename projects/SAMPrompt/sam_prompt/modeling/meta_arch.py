@@ -1,20 +1,18 @@
 """The SAMPrompt meta-architecture: Segment Anything prompted by instances, in Detectron2."""
 
 import logging
-import math
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import BitMasks, Instances, PolygonMasks, polygons_to_bitmask
+from detectron2.structures import BitMasks, Instances
 from torch import nn
 
-from ..detections import build_detector, run_detector
+from ..prompts import prompt_instances, validate_prompt_source
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
 from .losses import chunked_loss, mask_losses
 
-__all__ = ["SAMPrompt"]
+__all__ = ["SAMPrompt", "DetectorPromptedSAM"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +22,20 @@ class SAMPrompt(nn.Module):
     """
     Segment Anything as a Detectron2 meta-architecture, prompted by the instances of each input.
 
-    Each image is resized so that its longest side equals the encoder size, padded bottom-right
-    and encoded once; its prompts (boxes or points, made by :class:`SAMDatasetMapper`) are decoded
-    in chunks of ``prompts_per_chunk``.
+    Inputs come from :class:`SAMDatasetMapper`, which resizes each image so that its longest side
+    equals the encoder size (prompts and targets share that transform). The model normalises,
+    pads bottom-right and encodes each image once (as ``Sam.preprocess`` does), then decodes its
+    prompts in chunks of ``prompts_per_chunk``.
 
     Training returns ``loss_mask_focal``, ``loss_mask_dice`` and ``loss_iou`` (each computed per
     instance, then averaged over the instances of the batch). Inference returns one instance per
     prompt with ``pred_masks`` at the requested (height, width), ``pred_boxes`` computed from those
-    masks, ``scores`` (SAM's predicted IoU, clipped to [0, 1]) and ``pred_classes`` (the class of
-    the instance that made the prompt).
+    masks, ``scores`` (SAM's predicted IoU clipped to [0, 1], or the prompt's own score) and
+    ``pred_classes`` (the prompt's class).
     """
+
+    # Its inputs carry prompts (SAMDatasetMapper makes them, at evaluation too).
+    uses_prompts = True
 
     @configurable
     def __init__(
@@ -50,8 +52,6 @@ class SAMPrompt(nn.Module):
         max_instances_per_image=0,
         mask_threshold=0.0,
         freeze=(),
-        detector=None,
-        detector_score_threshold=0.05,
         score_mode="detector",
     ):
         """
@@ -67,11 +67,9 @@ class SAMPrompt(nn.Module):
             mask_threshold (float): logit threshold of foreground pixels.
             freeze (iterable[str]): names of SAM parts kept fixed: "image_encoder",
                 "prompt_encoder", "mask_decoder".
-            detector (tuple): (model, resize, input format) of a detector whose boxes replace
-                the inputs' prompts at inference (see ``detections.build_detector``).
-            detector_score_threshold (float): detections scoring less are not used.
-            score_mode (str): score of masks prompted by detections: "detector" or
-                "detector_x_iou" (times SAM's predicted IoU).
+            score_mode (str): score of masks whose prompts carry ``prompt_scores`` (a
+                detector's): "detector" (that score) or "detector_x_iou" (times SAM's predicted
+                IoU).
         """
         super().__init__()
         if prompt_type not in ("box", "point"):
@@ -93,13 +91,16 @@ class SAMPrompt(nn.Module):
                 p.requires_grad_(False)
         if score_mode not in ("detector", "detector_x_iou"):
             raise ValueError(f"MODEL.SAM.DETECTOR.SCORE_MODE={score_mode!r}: detector or detector_x_iou")
-        self.detector, self.detector_resize, self.detector_format = detector or (None, None, None)
-        self.detector_score_threshold = detector_score_threshold
         self.score_mode = score_mode
 
     @classmethod
     def from_config(cls, cfg):
         s = cfg.MODEL.SAM
+        if validate_prompt_source(cfg) == "detector" and cls is SAMPrompt:
+            raise ValueError(
+                "MODEL.SAM.DETECTOR.CONFIG_FILE runs a detector in the process: set "
+                "MODEL.META_ARCHITECTURE DetectorPromptedSAM (sam_prompt.config.load_config does)"
+            )
         sam = build_sam(**sam_arch_from_cfg(cfg))
         if s.CHECKPOINT:
             load_sam_checkpoint(sam, s.CHECKPOINT)
@@ -112,14 +113,7 @@ class SAMPrompt(nn.Module):
             ]
             if on
         ]
-        detector = None
-        if s.PROMPT.SOURCE == "detector" and s.DETECTOR.CONFIG_FILE:
-            detector = build_detector(s.DETECTOR.CONFIG_FILE, s.DETECTOR.WEIGHTS, cfg.MODEL.DEVICE)
-        elif s.PROMPT.SOURCE not in ("ground_truth", "detector"):
-            raise ValueError(f"MODEL.SAM.PROMPT.SOURCE={s.PROMPT.SOURCE!r}: ground_truth or detector")
         return {
-            "detector": detector,
-            "detector_score_threshold": s.DETECTOR.SCORE_THRESHOLD,
             "score_mode": s.DETECTOR.SCORE_MODE,
             "sam": sam,
             "prompt_type": s.PROMPT.TYPE,
@@ -147,60 +141,45 @@ class SAMPrompt(nn.Module):
     def forward(self, batched_inputs):
         """
         Args:
-            batched_inputs (list[dict]): outputs of :class:`SAMDatasetMapper`: "image" (C, H, W),
-                "instances" with prompt_boxes / prompt_points / prompt_labels (and gt_masks,
-                gt_classes in training), optional "height" and "width" of the output.
+            batched_inputs (list[dict]): outputs of :class:`SAMDatasetMapper`: "image" (C, H, W)
+                with max(H, W) <= the encoder size, "instances" with the prompt fields (and
+                gt_mask_targets in training), optional "height" and "width" of the output.
 
         Returns:
             dict[str, Tensor] in training, else list[dict] with "instances".
         """
-        images, scales = self.preprocess_image(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
         embeddings = self.sam.image_encoder(images)
         if self.training:
-            return self.losses(batched_inputs, embeddings, scales)
-        return self.inference(batched_inputs, embeddings, scales)
+            return self.losses(batched_inputs, embeddings)
+        return self.inference(batched_inputs, embeddings)
 
     def preprocess_image(self, batched_inputs):
-        """
-        Resize each image so that its longest side is the encoder size, normalise and pad it
-        bottom-right (as SAM does).
-
-        Returns:
-            images (Tensor[B, 3, S, S]), scales (list[tuple]): per image, the (sy, sx) factors
-            from input pixels to encoder pixels and the resized (h, w).
-        """
+        """Normalise each image and pad it bottom-right to the encoder size: Tensor[B, 3, S, S]."""
         S = self.image_size
-        images, scales = [], []
+        images = []
         for x in batched_inputs:
             img = x["image"].to(self.device, non_blocking=True).float()
+            name = x.get("file_name", "an input")
             if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"expected a (3, H, W) image, got {tuple(img.shape)} for {name}")
+            if max(img.shape[-2:]) > S:
                 raise ValueError(
-                    f"expected a (3, H, W) image, got {tuple(img.shape)} for "
-                    f"{x.get('file_name', 'an input')}"
+                    f"{name}: image {tuple(img.shape[-2:])} is larger than the encoder input ({S}); "
+                    "resize it with sam_prompt.transforms.ResizeLongestSide (SAMDatasetMapper does)"
                 )
             if self.input_format == "BGR":
                 img = img.flip(0)
-            h, w = img.shape[-2:]
-            scale = S / max(h, w)
-            nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
-            if (nh, nw) != (h, w):
-                img = F.interpolate(
-                    img[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
-                )[0]
             images.append(self.sam.preprocess(img))
-            scales.append((nh / h, nw / w, nh, nw))
-        return torch.stack(images), scales
+        return torch.stack(images)
 
     # ------------------------------------------------------------------------------------------
-    def _prompt_tensors(self, instances, scale):
-        """Prompts of ``instances`` in encoder pixels: (boxes or None, (points, labels) or None)."""
-        sy, sx = scale[:2]
+    def _prompt_tensors(self, instances):
+        """Prompts of ``instances``: (boxes or None, (points, labels) or None), on the device."""
         if self.prompt_type == "box":
-            boxes = instances.prompt_boxes.tensor.to(self.device)
-            return boxes * boxes.new_tensor([sx, sy, sx, sy]), None
+            return instances.prompt_boxes.tensor.to(self.device), None
         pts = instances.prompt_points.to(self.device)
-        labels = instances.prompt_labels.to(self.device)
-        return None, (pts * pts.new_tensor([sx, sy]), labels)
+        return None, (pts, instances.prompt_labels.to(self.device))
 
     @staticmethod
     def _instances(x):
@@ -232,24 +211,29 @@ class SAMPrompt(nn.Module):
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     # ------------------------------------------------------------------------------------------
-    def losses(self, batched_inputs, embeddings, scales):
+    def losses(self, batched_inputs, embeddings):
         chunks = []
         num_instances = 0
-        for b, (x, scale) in enumerate(zip(batched_inputs, scales)):
+        for b, x in enumerate(batched_inputs):
             inst = self._instances(x)
+            if not inst.has("gt_mask_targets"):
+                raise ValueError(
+                    f"{x.get('file_name', 'An input')} has no gt_mask_targets: training inputs come "
+                    "from SAMDatasetMapper(cfg, is_train=True)"
+                )
             if self.max_instances_per_image > 0 and len(inst) > self.max_instances_per_image:
                 keep = torch.randperm(len(inst))[: self.max_instances_per_image]
                 inst = inst[keep]
             num_instances += len(inst)
-            boxes, points = self._prompt_tensors(inst, scale)
+            boxes, points = self._prompt_tensors(inst)
+            targets = inst.gt_mask_targets.to(self.device, non_blocking=True)
             for sl in self._chunk_slices(len(inst)):
                 chunks.append(
                     (
                         b,
                         None if boxes is None else boxes[sl],
                         None if points is None else (points[0][sl], points[1][sl]),
-                        inst.gt_masks[sl],
-                        scale,
+                        targets[sl],
                     )
                 )
         params = [
@@ -266,15 +250,10 @@ class SAMPrompt(nn.Module):
         return {"loss_mask_focal": terms[0], "loss_mask_dice": terms[1], "loss_iou": terms[2]}
 
     def _chunk_loss(self, embeddings, chunk):
-        b, boxes, points, gt_masks, scale = chunk
-        logits, iou_pred = self._decode(
-            embeddings[b : b + 1], boxes, points, self._multimask(points)
-        )
-        # Compare on the decoder's grid (1/4 of the encoder input), inside the unpadded image.
-        grid = logits.shape[-1] / self.image_size
-        sy, sx, nh, nw = scale
-        gh, gw = math.ceil(nh * grid), math.ceil(nw * grid)
-        targets = self._rasterize(gt_masks, sy * grid, sx * grid, gh, gw)
+        b, boxes, points, targets = chunk
+        logits, iou_pred = self._decode(embeddings[b : b + 1], boxes, points, self._multimask(points))
+        # Targets cover the unpadded image on the decoder's grid.
+        gh, gw = targets.shape[-2:]
         return mask_losses(
             logits[..., :gh, :gw],
             iou_pred,
@@ -285,45 +264,15 @@ class SAMPrompt(nn.Module):
             threshold=self.mask_threshold,
         )
 
-    def _rasterize(self, gt_masks, sy, sx, h, w):
-        """Ground-truth masks on a grid scaled by (sy, sx), cut to (h, w): Tensor[N, h, w]."""
-        if isinstance(gt_masks, PolygonMasks):
-            out = torch.zeros((len(gt_masks), h, w), dtype=torch.bool)
-            for i, polys in enumerate(gt_masks.polygons):
-                scaled = [(p.reshape(-1, 2) * [sx, sy]).ravel() for p in polys]
-                out[i] = torch.from_numpy(polygons_to_bitmask(scaled, h, w))
-            return out.to(self.device)
-        m = gt_masks.tensor if isinstance(gt_masks, BitMasks) else gt_masks
-        m = m.to(self.device, torch.float32)[:, None]
-        H, W = m.shape[-2:]
-        out = F.interpolate(m, size=(round(H * sy), round(W * sx)), mode="area")[:, 0] >= 0.5
-        return F.pad(out, (0, max(w - out.shape[-1], 0), 0, max(h - out.shape[-2], 0)))[:, :h, :w]
-
     # ------------------------------------------------------------------------------------------
-    def _detector_prompts(self, batched_inputs):
-        """Prompt instances made from the in-process detector's detections."""
-        out = []
-        for det in run_detector(
-            self.detector, self.detector_resize, self.detector_format, batched_inputs, self.input_format
-        ):
-            det = det[det.scores >= self.detector_score_threshold]
-            inst = Instances(det.image_size)
-            inst.prompt_boxes = det.pred_boxes
-            inst.gt_classes = det.pred_classes
-            inst.det_scores = det.scores
-            out.append(inst)
-        return out
-
     @torch.no_grad()
-    def inference(self, batched_inputs, embeddings, scales):
+    def inference(self, batched_inputs, embeddings):
         results = []
-        if self.detector is not None:
-            detections = self._detector_prompts(batched_inputs)
-        for b, (x, scale) in enumerate(zip(batched_inputs, scales)):
-            inst = self._instances(x) if self.detector is None else detections[b]
+        for b, x in enumerate(batched_inputs):
+            inst = self._instances(x)
             in_h, in_w = x["image"].shape[-2:]
             out_h, out_w = x.get("height", in_h), x.get("width", in_w)
-            boxes, points = self._prompt_tensors(inst, scale)
+            boxes, points = self._prompt_tensors(inst)
             masks = torch.zeros((len(inst), out_h, out_w), dtype=torch.bool, device=self.device)
             scores = torch.zeros(len(inst), device=self.device)
             for sl in self._chunk_slices(len(inst)):
@@ -336,16 +285,79 @@ class SAMPrompt(nn.Module):
                     best = iou_pred.argmax(dim=1)
                     idx = torch.arange(len(best), device=best.device)
                     logits, iou_pred = logits[idx, best][:, None], iou_pred[idx, best][:, None]
-                logits = self.sam.postprocess_masks(logits, scale[2:], (out_h, out_w))
+                logits = self.sam.postprocess_masks(logits, (in_h, in_w), (out_h, out_w))
                 masks[sl] = logits[:, 0] > self.mask_threshold
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
-            if inst.has("det_scores"):  # prompted by a detector: rank by its confidence
-                det_scores = inst.det_scores.to(self.device)
-                scores = det_scores * scores if self.score_mode == "detector_x_iou" else det_scores
+            if inst.has("prompt_scores"):  # prompted by a detector: rank by its confidence
+                prompt_scores = inst.prompt_scores.to(self.device)
+                scores = prompt_scores * scores if self.score_mode == "detector_x_iou" else prompt_scores
             result = Instances((out_h, out_w))
             result.pred_masks = masks
             result.pred_boxes = BitMasks(masks).get_bounding_boxes().to(self.device)
             result.scores = scores
-            result.pred_classes = inst.gt_classes.to(self.device)
+            result.pred_classes = inst.prompt_classes.to(self.device)
             results.append({"instances": result})
         return results
+
+
+@META_ARCH_REGISTRY.register()
+class DetectorPromptedSAM(SAMPrompt):
+    """
+    SAMPrompt whose evaluation prompts are the boxes of a Detectron2 detector run in the same
+    process (``MODEL.SAM.DETECTOR.CONFIG_FILE`` / ``WEIGHTS``). The detector runs before SAM, on
+    the image SAM receives; its boxes, classes and scores become the prompts
+    (:func:`sam_prompt.prompts.prompt_instances`). Training uses ground-truth prompts.
+
+    The detector is not part of this module's state: checkpoints hold SAM's weights only, so a
+    SAMPrompt checkpoint loads as it is.
+    """
+
+    @configurable
+    def __init__(self, *, detector, detector_score_threshold=0.05, **kwargs):
+        """
+        Args:
+            detector (tuple): (model, resize, input format) from
+                :func:`sam_prompt.detections.build_detector`.
+            detector_score_threshold (float): detections scoring less are not used as prompts.
+            kwargs: of :class:`SAMPrompt`.
+        """
+        super().__init__(**kwargs)
+        # Kept out of the module tree (not in state_dict, not trained, not moved by .to()).
+        self.__dict__["_detector"] = detector
+        self.detector_score_threshold = detector_score_threshold
+
+    @classmethod
+    def from_config(cls, cfg):
+        from ..detections import build_detector
+
+        if validate_prompt_source(cfg) != "detector":
+            raise ValueError("DetectorPromptedSAM needs MODEL.SAM.PROMPT.SOURCE detector and MODEL.SAM.DETECTOR.CONFIG_FILE")
+        det = cfg.MODEL.SAM.DETECTOR
+        args = super().from_config(cfg)
+        args["detector"] = build_detector(det.CONFIG_FILE, det.WEIGHTS, cfg.MODEL.DEVICE)
+        args["detector_score_threshold"] = det.SCORE_THRESHOLD
+        return args
+
+    def detector_prompts(self, batched_inputs):
+        """Prompt instances of each input, from the detector's detections on its image."""
+        from ..detections import run_detector
+
+        model, resize, fmt = self._detector
+        out = []
+        for det in run_detector(model, resize, fmt, batched_inputs, self.input_format):
+            det = det[det.scores >= self.detector_score_threshold].to("cpu")
+            out.append(
+                prompt_instances(
+                    det.image_size,
+                    boxes=det.pred_boxes.tensor.numpy(),
+                    classes=det.pred_classes.numpy(),
+                    scores=det.scores.numpy(),
+                )
+            )
+        return out
+
+    def forward(self, batched_inputs):
+        if self.training:
+            return super().forward(batched_inputs)
+        prompts = self.detector_prompts(batched_inputs)
+        return super().forward([dict(x, instances=p) for x, p in zip(batched_inputs, prompts)])
