@@ -46,10 +46,28 @@ def write_scene(folder, n, size=256):
             x0, y0, x1, y1 = a["bbox"]
             (mx0, my0), (mx1, my1) = transform * (x0 + ox, y0 + oy), transform * (x1 + ox, y1 + oy)
             ring = [[mx0, my0], [mx1, my0], [mx1, my1], [mx0, my1], [mx0, my0]]
-            feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"category_id": a["category_id"]}})
+            feats.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {"category_id": a["category_id"]},
+                }
+            )
     path = os.path.join(folder, "scene.tif")
-    with rasterio.open(path, "w", driver="GTiff", width=n * size, height=n * size, count=3, dtype="uint8",
-                       crs="EPSG:32606", transform=transform, tiled=True, blockxsize=256, blockysize=256) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=n * size,
+        height=n * size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32606",
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    ) as dst:
         dst.write(mosaic.transpose(2, 0, 1))
     prompts = os.path.join(folder, "prompts.geojson")
     with open(prompts, "w") as f:
@@ -62,8 +80,12 @@ def model(config):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scene-tiles", type=int, default=3, help="scene side in synthetic 256-px tiles")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scene-tiles", type=int, default=3, help="scene side in synthetic 256-px tiles"
+    )
     parser.add_argument("--tile-size", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -71,17 +93,29 @@ def main():
     folder = tempfile.mkdtemp()
     scene, prompts, n_prompts = write_scene(folder, args.scene_tiles)
     side = args.scene_tiles * 256
-    print(f"scene {side}x{side} px, {n_prompts} box prompts, tiles {args.tile_size} px, overlap {args.overlap}, CPU")
+    print(
+        f"scene {side}x{side} px, {n_prompts} box prompts, tiles {args.tile_size} px, overlap {args.overlap}, CPU"
+    )
     for name, config, p in (
         ("tiny SAM + box prompts", "sam_instant_test.yaml", prompts),
         ("Mask R-CNN MViTv2-T (256 px)", "mask_rcnn_instant_test.yaml", None),
     ):
         t0 = time.time()
-        s = predict_scene(model(config), scene, os.path.join(folder, config), tile_size=args.tile_size,
-                          overlap=args.overlap, batch_size=args.batch_size, prompts_file=p, overview_size=256)
-        print(f"{name:<30} tiles={s['tiles']:>3} features={s['features']:>5} "
-              f"loop={s['seconds']:.1f}s tiles_per_s={s['tiles_per_s']:.2f} total={time.time() - t0:.1f}s "
-              f"largest_read_px={s['largest_read']}")
+        s = predict_scene(
+            model(config),
+            scene,
+            os.path.join(folder, config),
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            prompts_file=p,
+            overview_size=256,
+        )
+        print(
+            f"{name:<30} tiles={s['tiles']:>3} features={s['features']:>5} "
+            f"loop={s['seconds']:.1f}s tiles_per_s={s['tiles_per_s']:.2f} total={time.time() - t0:.1f}s "
+            f"largest_read_px={s['largest_read']}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,10 +62,23 @@ def measure(n, chunk, device, steps, image_size):
     for i in range(n):
         cx, cy = (i % side + 0.5) * cell, (i // side + 0.5) * cell
         poly = np.stack([cx + 0.35 * cell * np.cos(t), cy + 0.3 * cell * np.sin(t)], 1)
-        annos.append({"segmentation": [poly.ravel().tolist()], "bbox": [*poly.min(0), *poly.max(0)], "bbox_mode": 0, "category_id": 0})
+        annos.append(
+            {
+                "segmentation": [poly.ravel().tolist()],
+                "bbox": [*poly.min(0), *poly.max(0)],
+                "bbox_mode": 0,
+                "category_id": 0,
+            }
+        )
     path = os.path.join(tempfile.mkdtemp(), "bench.png")
     Image.fromarray(img).save(path)
-    record = {"file_name": path, "height": image_size, "width": image_size, "image_id": 0, "annotations": annos}
+    record = {
+        "file_name": path,
+        "height": image_size,
+        "width": image_size,
+        "image_id": 0,
+        "annotations": annos,
+    }
     mapper = SAMDatasetMapper(cfg, is_train=True)
     batch = [mapper(record)]
     assert len(batch[0]["instances"]) == n
@@ -99,14 +112,23 @@ def measure(n, chunk, device, steps, image_size):
     if device == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
-    print(json.dumps({"n": n, "chunk": chunk, "peak_mb": peak_mb, "step_s": dt, "inst_per_s": n / dt}))
+    print(
+        json.dumps({"n": n, "chunk": chunk, "peak_mb": peak_mb, "step_s": dt, "inst_per_s": n / dt})
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--counts", type=int, nargs="+", default=[50, 100, 200, 400])
-    parser.add_argument("--chunk", type=int, default=32, help="prompts per chunk (the default of MODEL.SAM.PROMPTS_PER_CHUNK)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=32,
+        help="prompts per chunk (the default of MODEL.SAM.PROMPTS_PER_CHUNK)",
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -116,25 +138,46 @@ def main():
 
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONWARNINGS="ignore")
     rows = {}
-    print(f"device={args.device} chunk={args.chunk} (0 = one-shot) image={args.image_size}px tiny SAM")
+    print(
+        f"device={args.device} chunk={args.chunk} (0 = one-shot) image={args.image_size}px tiny SAM"
+    )
     print(f"{'instances':>9} {'mode':>9} {'peak MB':>9} {'step s':>8} {'inst/s':>8}")
     for n in args.counts:
         for chunk in (args.chunk, 0):
             out = subprocess.run(
-                [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
-                 "--image-size", str(args.image_size), "--child", str(n), str(chunk)],
-                env=env, capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    __file__,
+                    "--device",
+                    args.device,
+                    "--steps",
+                    str(args.steps),
+                    "--image-size",
+                    str(args.image_size),
+                    "--child",
+                    str(n),
+                    str(chunk),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if out.returncode:
                 sys.exit(f"configuration n={n} chunk={chunk} failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows[(n, chunk)] = r
             mode = "chunked" if chunk else "one-shot"
-            print(f"{n:>9} {mode:>9} {r['peak_mb']:>9.1f} {r['step_s']:>8.3f} {r['inst_per_s']:>8.1f}", flush=True)
+            print(
+                f"{n:>9} {mode:>9} {r['peak_mb']:>9.1f} {r['step_s']:>8.3f} {r['inst_per_s']:>8.1f}",
+                flush=True,
+            )
     lo, hi = min(args.counts), max(args.counts)
     chunked_ratio = rows[(hi, args.chunk)]["peak_mb"] / rows[(lo, args.chunk)]["peak_mb"]
     one_shot_ratio = rows[(hi, 0)]["peak_mb"] / rows[(lo, 0)]["peak_mb"]
-    throughput = min(rows[(n, args.chunk)]["inst_per_s"] / rows[(n, 0)]["inst_per_s"] for n in args.counts)
+    throughput = min(
+        rows[(n, args.chunk)]["inst_per_s"] / rows[(n, 0)]["inst_per_s"] for n in args.counts
+    )
     print(
         f"peak_mem_ratio_{hi}_vs_{lo}={chunked_ratio:.2f} one_shot_ratio={one_shot_ratio:.2f} "
         f"throughput_chunked_vs_one_shot={throughput:.2f}"

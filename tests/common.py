@@ -7,7 +7,9 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "projects", "SAMPrompt", "configs")
-SHARED_IWP = os.environ.get("SAMPROMPT_IWP_VAL", os.path.join(REPO, "..", "shared", "data", "iwp-val"))
+SHARED_IWP = os.environ.get(
+    "SAMPROMPT_IWP_VAL", os.path.join(REPO, "..", "shared", "data", "iwp-val")
+)
 
 from sam_prompt.config import load_config  # noqa: E402
 
@@ -60,7 +62,13 @@ def shapes_image(path, shapes, size=(192, 256), seed=0):
             }
         )
     img.save(path)
-    return {"file_name": path, "height": h, "width": w, "image_id": os.path.basename(path), "annotations": annos}
+    return {
+        "file_name": path,
+        "height": h,
+        "width": w,
+        "image_id": os.path.basename(path),
+        "annotations": annos,
+    }
 
 
 def two_image_dataset(folder):

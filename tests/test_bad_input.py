@@ -31,7 +31,9 @@ from sam_prompt.engine import Trainer, coco_ground_truth
 def check_dataset(*args):
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "check_dataset.py"), *args],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
     )
 
 
@@ -40,15 +42,26 @@ def via_folder(folder, images, regions=None, name="via_region_data.json"):
     os.makedirs(folder, exist_ok=True)
     via = {}
     for fn, im in images.items():
-        im.save(os.path.join(folder, fn), **({"exif": im.info["exif"]} if "exif" in im.info else {}))
+        im.save(
+            os.path.join(folder, fn), **({"exif": im.info["exif"]} if "exif" in im.info else {})
+        )
         xy = polygon_ellipse(im.width / 2, im.height / 2, im.width / 4, im.height / 4)
         default = [
             {
-                "shape_attributes": {"name": "polygon", "all_points_x": xy[:, 0].tolist(), "all_points_y": xy[:, 1].tolist()},
+                "shape_attributes": {
+                    "name": "polygon",
+                    "all_points_x": xy[:, 0].tolist(),
+                    "all_points_y": xy[:, 1].tolist(),
+                },
                 "region_attributes": {"object_name": "iwp"},
             }
         ]
-        via[fn] = {"filename": fn, "size": 0, "regions": default if regions is None else regions, "file_attributes": {}}
+        via[fn] = {
+            "filename": fn,
+            "size": 0,
+            "regions": default if regions is None else regions,
+            "file_attributes": {},
+        }
     with open(os.path.join(folder, name), "w") as f:
         json.dump(via, f)
     return os.path.join(folder, name)
@@ -82,8 +95,14 @@ def _exif_rotated(w, h):
 
 def test_exif_rotated_image_is_read_as_displayed(tmp_path):
     # Stored 80 wide x 50 high, displayed 50 wide x 80 high: the polygon reaches y = 70.
-    region = {"shape_attributes": {"name": "polygon", "all_points_x": [10, 40, 25], "all_points_y": [10, 10, 70]},
-              "region_attributes": {"object_name": "iwp"}}
+    region = {
+        "shape_attributes": {
+            "name": "polygon",
+            "all_points_x": [10, 40, 25],
+            "all_points_y": [10, 10, 70],
+        },
+        "region_attributes": {"object_name": "iwp"},
+    }
     path = via_folder(str(tmp_path / "d"), {"rot.jpg": _exif_rotated(80, 50)}, regions=[region])
     (rec,) = load_records(path).records
     assert (rec["height"], rec["width"]) == (80, 50)  # as an annotation tool displays it
@@ -97,22 +116,40 @@ def test_exif_rotated_image_is_read_as_displayed(tmp_path):
 def test_truncated_and_rotated_images_are_found_and_skippable(tmp_path):
     root = tmp_path / "data" / "bad"
     good = Image.fromarray(np.full((64, 64, 3), 120, np.uint8))
-    via_folder(str(root / "train"), {"good.png": good, "cut.jpg": good, "rot.jpg": _exif_rotated(64, 48)})
+    via_folder(
+        str(root / "train"), {"good.png": good, "cut.jpg": good, "rot.jpg": _exif_rotated(64, 48)}
+    )
     via_folder(str(root / "test"), {"good.png": good})
     data = open(root / "train" / "cut.jpg", "rb").read()
     open(root / "train" / "cut.jpg", "wb").write(data[: len(data) // 2])  # truncated JPEG
     # A COCO-style size recorded before the EXIF rotation: 64x48 where the image shows 48x64.
     via = json.loads((root / "train" / "via_region_data.json").read_text())
     coco = {
-        "images": [{"id": i, "file_name": f"train/{k}", "height": 48 if k == "rot.jpg" else 64, "width": 64}
-                   for i, k in enumerate(via)],
-        "annotations": [], "categories": [{"id": 1, "name": "iwp"}],
+        "images": [
+            {
+                "id": i,
+                "file_name": f"train/{k}",
+                "height": 48 if k == "rot.jpg" else 64,
+                "width": 64,
+            }
+            for i, k in enumerate(via)
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "iwp"}],
     }
     for i, (k, v) in enumerate(via.items()):
         r = v["regions"][0]["shape_attributes"]
         xy = np.stack([r["all_points_x"], r["all_points_y"]], 1)
-        coco["annotations"].append({"id": i + 1, "image_id": i, "category_id": 1, "iscrowd": 0,
-                                    "segmentation": [xy.ravel().tolist()], "bbox": [*xy.min(0), *(xy.max(0) - xy.min(0))]})
+        coco["annotations"].append(
+            {
+                "id": i + 1,
+                "image_id": i,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [xy.ravel().tolist()],
+                "bbox": [*xy.min(0), *(xy.max(0) - xy.min(0))],
+            }
+        )
     (root / "bad_train.json").write_text(json.dumps(coco))
     test = dict(coco, images=coco["images"][:1], annotations=coco["annotations"][:1])
     (root / "bad_test.json").write_text(json.dumps(test))
@@ -129,7 +166,9 @@ def test_truncated_and_rotated_images_are_found_and_skippable(tmp_path):
 
 
 def test_unreadable_image_in_training_is_a_counted_skip_with_skip_invalid(tmp_path):
-    rec = shapes_image(str(tmp_path / "a.png"), [(polygon_ellipse(50, 50, 20, 15), 0)], size=(100, 100))
+    rec = shapes_image(
+        str(tmp_path / "a.png"), [(polygon_ellipse(50, 50, 20, 15), 0)], size=(100, 100)
+    )
     open(rec["file_name"], "wb").write(b"not an image")
     with pytest.raises(InvalidRecordError, match=r"a\.png"):
         SAMDatasetMapper(tiny_cfg(), is_train=True)(rec)
@@ -145,9 +184,23 @@ def test_unreadable_image_in_training_is_a_counted_skip_with_skip_invalid(tmp_pa
         (["oops"], r"region 0: a region is a str"),
         ([{"shape_attributes": "polygon"}], r"region 0: shape_attributes is a str"),
         ([{"shape_attributes": {"name": "rect", "x": 1}}], r"region 0: malformed rect shape"),
-        ([{"shape_attributes": {"name": "circle", "cx": 1, "cy": 1, "r": 2}}], r"unsupported VIA shape 'circle'"),
-        ([{"shape_attributes": {"name": "polygon", "all_points_x": [1, 5, 5], "all_points_y": [1, 1, 5]},
-           "region_attributes": {}}], r"region 0: the region has no attributes"),
+        (
+            [{"shape_attributes": {"name": "circle", "cx": 1, "cy": 1, "r": 2}}],
+            r"unsupported VIA shape 'circle'",
+        ),
+        (
+            [
+                {
+                    "shape_attributes": {
+                        "name": "polygon",
+                        "all_points_x": [1, 5, 5],
+                        "all_points_y": [1, 1, 5],
+                    },
+                    "region_attributes": {},
+                }
+            ],
+            r"region 0: the region has no attributes",
+        ),
     ],
 )
 def test_malformed_via_regions_name_file_and_region(tmp_path, regions, message):
@@ -173,19 +226,39 @@ def test_class_name_variants_are_one_class_and_flagged(tmp_path):
 
 def test_empty_coco_file_is_a_problem(tmp_path):
     path = tmp_path / "empty.json"
-    path.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "iwp"}]}))
+    path.write_text(
+        json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "iwp"}]})
+    )
     report = check_dataset("--json", str(path))
     assert report.returncode == 1 and "no images" in report.stdout
 
 
 def test_messages_are_plain(tmp_path):
-    nan = annotation_problem({"segmentation": [[1.0, float("nan"), 5, 5, 9, 1]], "bbox": [1, 1, 9, 5]})
+    nan = annotation_problem(
+        {"segmentation": [[1.0, float("nan"), 5, 5, 9, 1]], "bbox": [1, 1, 9, 5]}
+    )
     assert nan == "polygon with non-finite (NaN or infinite) coordinates"
-    flat = annotation_problem({"segmentation": [[1, 1, 5, 1, 9, 1]], "bbox": [np.float64(1), 1.0, 9, 1]})
+    flat = annotation_problem(
+        {"segmentation": [[1, 1, 5, 1, 9, 1]], "bbox": [np.float64(1), 1.0, 9, 1]}
+    )
     assert flat == "zero-area box [1, 1, 9, 1]"
-    rec = {"file_name": None, "image_id": 0, "height": 10, "width": 10,
-           "annotations": [{"segmentation": [[1, 1, 30.5, 1, 30.5, 8]], "bbox": [np.float64(1), 1, 30.5, 8], "category_id": 0}]}
-    (_, (_, _, box),) = find_problems([rec], 1, decode_images=False)
+    rec = {
+        "file_name": None,
+        "image_id": 0,
+        "height": 10,
+        "width": 10,
+        "annotations": [
+            {
+                "segmentation": [[1, 1, 30.5, 1, 30.5, 8]],
+                "bbox": [np.float64(1), 1, 30.5, 8],
+                "category_id": 0,
+            }
+        ],
+    }
+    (
+        _,
+        (_, _, box),
+    ) = find_problems([rec], 1, decode_images=False)
     assert "np.float64" not in box and "[1, 1, 30.5, 8] outside the 10x10 image" in box
 
 
@@ -193,20 +266,50 @@ def test_coco_category_without_annotations_in_a_split_evaluates(tmp_path):
     # The test split has no "lowcenter" instance: evaluation used to die after training.
     root = tmp_path / "data" / "two"
     os.makedirs(root)
-    recs = [shapes_image(str(root / f"{s}.png"), [(polygon_ellipse(60, 60, 30, 20), 0)], size=(128, 128))
-            for s in ("a", "b")]
+    recs = [
+        shapes_image(
+            str(root / f"{s}.png"), [(polygon_ellipse(60, 60, 30, 20), 0)], size=(128, 128)
+        )
+        for s in ("a", "b")
+    ]
     cats = [{"id": 7, "name": "highcenter"}, {"id": 9, "name": "lowcenter"}]
     for split, r, cid in (("train", recs[0], 9), ("test", recs[1], 7)):
         a = r["annotations"][0]
-        coco = {"images": [{"id": 1, "file_name": os.path.basename(r["file_name"]), "height": 128, "width": 128}],
-                "annotations": [{"id": 1, "image_id": 1, "category_id": cid, "iscrowd": 0, "segmentation": a["segmentation"],
-                                 "bbox": [a["bbox"][0], a["bbox"][1], a["bbox"][2] - a["bbox"][0], a["bbox"][3] - a["bbox"][1]]}],
-                "categories": cats}
+        coco = {
+            "images": [
+                {
+                    "id": 1,
+                    "file_name": os.path.basename(r["file_name"]),
+                    "height": 128,
+                    "width": 128,
+                }
+            ],
+            "annotations": [
+                {
+                    "id": 1,
+                    "image_id": 1,
+                    "category_id": cid,
+                    "iscrowd": 0,
+                    "segmentation": a["segmentation"],
+                    "bbox": [
+                        a["bbox"][0],
+                        a["bbox"][1],
+                        a["bbox"][2] - a["bbox"][0],
+                        a["bbox"][3] - a["bbox"][1],
+                    ],
+                }
+            ],
+            "categories": cats,
+        }
         (root / f"two_{split}.json").write_text(json.dumps(coco))
     _, test = register_dataset("two", str(tmp_path / "data"))
     assert MetadataCatalog.get(test).thing_dataset_id_to_contiguous_id == {7: 0, 9: 1}
     coco_ground_truth(test)  # KeyError here before
-    cfg = tiny_cfg(MODEL__META_ARCHITECTURE="FilledPromptBox", DATASETS__TEST=(test,), OUTPUT_DIR=str(tmp_path / "o"))
+    cfg = tiny_cfg(
+        MODEL__META_ARCHITECTURE="FilledPromptBox",
+        DATASETS__TEST=(test,),
+        OUTPUT_DIR=str(tmp_path / "o"),
+    )
     res = Trainer.test(cfg, build_model(cfg))
     assert 0 < res["segm"]["AP"] <= 100
 
@@ -219,7 +322,10 @@ def test_sam_layout_file_as_model_weights_is_refused(tmp_path):
     path = str(tmp_path / "sam_custom.pth")
     torch.save(official, path)
     model = build_model(cfg)
-    with pytest.raises(CheckpointError, match=r"sam_custom\.pth.*SAM parameters not in the file.*MODEL\.SAM\.CHECKPOINT"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"sam_custom\.pth.*SAM parameters not in the file.*MODEL\.SAM\.CHECKPOINT",
+    ):
         SAMCheckpointer.from_config(cfg, model).load(path)
     # Given where it belongs, the same file loads every tensor.
     cfg2 = tiny_cfg(MODEL__SAM__CHECKPOINT=path)
@@ -231,14 +337,24 @@ def test_sam_layout_file_as_model_weights_is_refused(tmp_path):
     torch.save({"model": partial}, str(tmp_path / "decoder.pth"))
     with pytest.raises(CheckpointError, match="image_encoder"):
         SAMCheckpointer.from_config(cfg, build_model(cfg)).load(str(tmp_path / "decoder.pth"))
-    SAMCheckpointer.from_config(tiny_cfg(MODEL__SAM__ALLOW_PARTIAL_WEIGHTS=True), model).load(str(tmp_path / "decoder.pth"))
-    torch.testing.assert_close(model.sam.mask_decoder.state_dict(), build_model(cfg2).sam.mask_decoder.state_dict())
+    SAMCheckpointer.from_config(tiny_cfg(MODEL__SAM__ALLOW_PARTIAL_WEIGHTS=True), model).load(
+        str(tmp_path / "decoder.pth")
+    )
+    torch.testing.assert_close(
+        model.sam.mask_decoder.state_dict(), build_model(cfg2).sam.mask_decoder.state_dict()
+    )
 
 
 def test_resume_skips_broken_checkpoints(tmp_path, sam_log):
     name = small_dataset(tmp_path)
     out = str(tmp_path / "run")
-    opts = dict(DATASETS__TRAIN=(name,), DATASETS__TEST=(), OUTPUT_DIR=out, SOLVER__MAX_ITER=6, SOLVER__CHECKPOINT_PERIOD=2)
+    opts = dict(
+        DATASETS__TRAIN=(name,),
+        DATASETS__TEST=(),
+        OUTPUT_DIR=out,
+        SOLVER__MAX_ITER=6,
+        SOLVER__CHECKPOINT_PERIOD=2,
+    )
     trainer = Trainer(tiny_cfg(**opts))
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -274,18 +390,33 @@ def test_stock_detectron2_config_gets_detectron2s_evaluators(tmp_path, kind, eva
 
     from sam_prompt.config import load_config
 
-    cfg = load_config(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"),
-                      ["OUTPUT_DIR", str(tmp_path)])
+    cfg = load_config(
+        model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"),
+        ["OUTPUT_DIR", str(tmp_path)],
+    )
     name = f"stock_{kind}"
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, lambda: [])
-    meta = dict(evaluator_type=kind, thing_classes=["a"], stuff_classes=["a", "b"], ignore_label=255,
-                json_file=str(tmp_path / "x.json"), panoptic_json="", thing_dataset_id_to_contiguous_id={1: 0},
-                stuff_dataset_id_to_contiguous_id={0: 0, 1: 1}, panoptic_root="", gt_dir=str(tmp_path),
-                dirname=str(tmp_path), year=2012, split="val")
-    (tmp_path / "x.json").write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    meta = dict(
+        evaluator_type=kind,
+        thing_classes=["a"],
+        stuff_classes=["a", "b"],
+        ignore_label=255,
+        json_file=str(tmp_path / "x.json"),
+        panoptic_json="",
+        thing_dataset_id_to_contiguous_id={1: 0},
+        stuff_dataset_id_to_contiguous_id={0: 0, 1: 1},
+        panoptic_root="",
+        gt_dir=str(tmp_path),
+        dirname=str(tmp_path),
+        year=2012,
+        split="val",
+    )
+    (tmp_path / "x.json").write_text(
+        json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]})
+    )
     MetadataCatalog.get(name).set(**meta)
     try:
         ev = Trainer.build_evaluator(cfg, name)
@@ -293,4 +424,8 @@ def test_stock_detectron2_config_gets_detectron2s_evaluators(tmp_path, kind, eva
         pytest.skip(f"{evaluator} needs an optional package: {e}")
     assert type(ev).__name__ == evaluator
     if kind == "coco_panoptic_seg":
-        assert [type(e).__name__ for e in ev._evaluators] == ["SemSegEvaluator", "COCOEvaluator", "COCOPanopticEvaluator"]
+        assert [type(e).__name__ for e in ev._evaluators] == [
+            "SemSegEvaluator",
+            "COCOEvaluator",
+            "COCOPanopticEvaluator",
+        ]

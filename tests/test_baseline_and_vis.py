@@ -28,13 +28,17 @@ def _register(name, records):
 
 
 def _evaluate_baseline(name, out):
-    cfg = tiny_cfg(MODEL__META_ARCHITECTURE="FilledPromptBox", DATASETS__TEST=(name,), OUTPUT_DIR=out)
+    cfg = tiny_cfg(
+        MODEL__META_ARCHITECTURE="FilledPromptBox", DATASETS__TEST=(name,), OUTPUT_DIR=out
+    )
     return Trainer.test(cfg, build_model(cfg))
 
 
 def test_filled_box_is_perfect_on_rectangles(tmp_path):
     recs = [
-        shapes_image(str(tmp_path / "r.png"), [(rect(10, 10, 60, 40), 0), (rect(100, 50, 180, 150), 1)]),
+        shapes_image(
+            str(tmp_path / "r.png"), [(rect(10, 10, 60, 40), 0), (rect(100, 50, 180, 150), 1)]
+        ),
     ]
     _register("rects", recs)
     res = _evaluate_baseline("rects", str(tmp_path / "out"))
@@ -52,7 +56,11 @@ def test_filled_box_is_poor_on_ellipses(tmp_path):
 
 
 def test_visualize_from_results_json(tmp_path):
-    recs = [shapes_image(str(tmp_path / "v.png"), [(rect(10, 10, 60, 40), 0), (rect(100, 50, 180, 150), 1)])]
+    recs = [
+        shapes_image(
+            str(tmp_path / "v.png"), [(rect(10, 10, 60, 40), 0), (rect(100, 50, 180, 150), 1)]
+        )
+    ]
     recs[0]["image_id"] = 0
     _register("vis_rects", recs)
     out = str(tmp_path / "out")
@@ -75,11 +83,25 @@ def test_visualize_from_results_json(tmp_path):
         write_dataset(str(root), split, [dict(recs[0], file_name="v.png")], ["a", "b"], "via")
     vis = tmp_path / "vis"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "visualize.py"),
-         "--config-file", os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"),
-         "--dataset-name", "vis_test", "--results", results, "--output", str(vis),
-         "DATASETS.ROOT", str(tmp_path / "data"), "DATASETS.TEST", "('vis_test',)"],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "visualize.py"),
+            "--config-file",
+            os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"),
+            "--dataset-name",
+            "vis_test",
+            "--results",
+            results,
+            "--output",
+            str(vis),
+            "DATASETS.ROOT",
+            str(tmp_path / "data"),
+            "DATASETS.TEST",
+            "('vis_test',)",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     png = np.asarray(Image.open(vis / "v.png"))

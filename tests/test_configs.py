@@ -16,14 +16,21 @@ YAMLS = sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))
 
 def test_there_are_configs():
     names = {os.path.basename(p) for p in YAMLS}
-    assert {"Base-SAMPrompt.yaml", "sam_box.yaml", "sam_point.yaml", "sam_instant_test.yaml"} <= names
+    assert {
+        "Base-SAMPrompt.yaml",
+        "sam_box.yaml",
+        "sam_point.yaml",
+        "sam_instant_test.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=os.path.basename)
 def test_yaml_merges_and_is_self_contained(path):
     with open(path) as f:
         text = f.read()
-    bases = [l.split(":", 1)[1].strip().strip("'\"") for l in text.splitlines() if l.startswith("_BASE_")]
+    bases = [
+        l.split(":", 1)[1].strip().strip("'\"") for l in text.splitlines() if l.startswith("_BASE_")
+    ]
     assert all("/" not in b for b in bases), f"_BASE_ outside projects/SAMPrompt/configs: {bases}"
     cfg = load_config(path)  # raises on unknown keys and on inconsistent prompt settings
     assert cfg.MODEL.META_ARCHITECTURE in META_ARCH_REGISTRY
@@ -55,12 +62,18 @@ def test_shorthand_flags_set_config_keys(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argument_parser().parse_args(
         [
-            "--config-file", os.path.join(CONFIGS, "sam_instant_test.yaml"),
-            "--prompt", "point",
-            "--dataset", "iwp_synthetic",
-            "--data-root", str(tmp_path / "data"),
-            "--merge-classes", "iwp",
-            "OUTPUT_DIR", str(tmp_path / "out"),
+            "--config-file",
+            os.path.join(CONFIGS, "sam_instant_test.yaml"),
+            "--prompt",
+            "point",
+            "--dataset",
+            "iwp_synthetic",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--merge-classes",
+            "iwp",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
         ]
     )
     cfg = setup(args)
@@ -80,9 +93,16 @@ def test_detector_class_count_must_match_the_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argument_parser().parse_args(
         [
-            "--config-file", os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml"),
-            "--dataset", "iwp_synthetic", "--data-root", str(tmp_path / "data"),
-            "--merge-classes", "iwp", "OUTPUT_DIR", str(tmp_path / "out"),
+            "--config-file",
+            os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml"),
+            "--dataset",
+            "iwp_synthetic",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--merge-classes",
+            "iwp",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
         ]
     )
     with pytest.raises(ValueError, match="NUM_CLASSES 1"):

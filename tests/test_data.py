@@ -52,7 +52,14 @@ def _canonical(records):
                 os.path.basename(r["file_name"]),
                 r["height"],
                 r["width"],
-                [(a["category_name"], a.get("category_id"), np.round(a["segmentation"][0], 2).tolist()) for a in r["annotations"]],
+                [
+                    (
+                        a["category_name"],
+                        a.get("category_id"),
+                        np.round(a["segmentation"][0], 2).tolist(),
+                    )
+                    for a in r["annotations"]
+                ],
             )
         )
     return out
@@ -60,7 +67,9 @@ def _canonical(records):
 
 def test_every_format_loads_to_the_same_dicts(via_root, tmp_path):
     ref_train, ref_test = register_dataset("synth", str(via_root.parent))
-    reference = {s: _canonical(DatasetCatalog.get(n)) for s, n in (("train", ref_train), ("test", ref_test))}
+    reference = {
+        s: _canonical(DatasetCatalog.get(n)) for s, n in (("train", ref_train), ("test", ref_test))
+    }
     assert reference["train"] and all(r[3] for r in reference["train"])
     classes = MetadataCatalog.get(ref_train).thing_classes
     assert classes == ["highcenter", "lowcenter"]
@@ -91,7 +100,10 @@ def test_via1_regions_dict_and_class_attribute(via_root, tmp_path):
         for entry in via.values():
             regions = entry["regions"]
             for r in regions:
-                r["region_attributes"] = {"type": r["region_attributes"]["object_name"], "note": "x"}
+                r["region_attributes"] = {
+                    "type": r["region_attributes"]["object_name"],
+                    "note": "x",
+                }
             entry["regions"] = {str(i): r for i, r in enumerate(regions)}
         path.write_text(json.dumps(via))
     with pytest.raises(ValueError, match="which region attribute"):
@@ -148,8 +160,18 @@ def broken(via_root):
         (lambda rs: rs[0].update(file_name=rs[0]["file_name"] + ".gone"), "image file missing"),
         (lambda rs: rs[1].update(height=999), "but the record says 128x999"),
         (lambda rs: rs[0]["annotations"][0].update(segmentation=[[1, 1, 5, 5]]), "2 points"),
-        (lambda rs: rs[0]["annotations"][1].update(segmentation=[[1, 1, 5, 1, 9, 1]], bbox=[1, 1, 9, 1]), "zero-area box"),
-        (lambda rs: rs[0]["annotations"][2].update(segmentation=[[100, 100, 200, 100, 200, 140]], bbox=[100, 100, 200, 140]), "outside the 128x128 image"),
+        (
+            lambda rs: rs[0]["annotations"][1].update(
+                segmentation=[[1, 1, 5, 1, 9, 1]], bbox=[1, 1, 9, 1]
+            ),
+            "zero-area box",
+        ),
+        (
+            lambda rs: rs[0]["annotations"][2].update(
+                segmentation=[[100, 100, 200, 100, 200, 140]], bbox=[100, 100, 200, 140]
+            ),
+            "outside the 128x128 image",
+        ),
         (lambda rs: rs[2].update(image_id=rs[0]["image_id"]), "duplicate image_id"),
         (lambda rs: rs[0]["annotations"][3].update(category_id=5), "not a known class"),
     ],
@@ -177,12 +199,16 @@ def test_check_dataset_tool(via_root, tmp_path):
     def run(*args):
         return subprocess.run(
             [sys.executable, os.path.join(REPO, "tools", "check_dataset.py"), *args],
-            capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
         )
 
     good = run("--dataset", "synth", "--data-root", str(via_root.parent))
     assert good.returncode == 0, good.stderr
-    assert "images: 3" in good.stdout and "highcenter=" in good.stdout and "no problems" in good.stdout
+    assert (
+        "images: 3" in good.stdout and "highcenter=" in good.stdout and "no problems" in good.stdout
+    )
 
     root = tmp_path / "bad" / "synth"
     shutil.copytree(via_root, root)
@@ -204,7 +230,10 @@ def test_real_iwp_val_loads():
     assert fmt == "via"
     assert len(records) == 129
     assert sum(len(r["annotations"]) for r in records) == 6045
-    assert {a["category_name"] for r in records for a in r["annotations"]} == {"highcenter", "lowcenter"}
+    assert {a["category_name"] for r in records for a in r["annotations"]} == {
+        "highcenter",
+        "lowcenter",
+    }
     assert all(r["height"] and r["width"] for r in records)
 
 
@@ -223,16 +252,32 @@ def test_real_iwp_val_problems_are_named_and_skippable():
 def test_few_training_iterations_on_real_iwp_val(tmp_path):
     """The README's command for the real tiles: a few iterations of the tiny SAM through --dataset."""
     cmd = [
-        sys.executable, os.path.join(REPO, "tools", "train_net.py"),
-        "--config-file", os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"),
-        "--dataset", "iwp-val", "--data-root", os.path.dirname(SHARED_IWP),
-        "DATASETS.SKIP_INVALID", "True", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3",
-        "OUTPUT_DIR", str(tmp_path / "out"),
+        sys.executable,
+        os.path.join(REPO, "tools", "train_net.py"),
+        "--config-file",
+        os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"),
+        "--dataset",
+        "iwp-val",
+        "--data-root",
+        os.path.dirname(SHARED_IWP),
+        "DATASETS.SKIP_INVALID",
+        "True",
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.MAX_ITER",
+        "3",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    sizes = {s: int(re.search(rf"Registered iwp-val_{s}: (\d+) images", log).group(1)) for s in ("train", "test")}
+    sizes = {
+        s: int(re.search(rf"Registered iwp-val_{s}: (\d+) images", log).group(1))
+        for s in ("train", "test")
+    }
     assert sizes["train"] + sizes["test"] == 129 and 15 <= sizes["test"] <= 40  # ~20% held out
     with open(tmp_path / "out" / "metrics.json") as f:
         losses = [json.loads(l)["total_loss"] for l in f if "total_loss" in l]

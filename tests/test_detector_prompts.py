@@ -27,7 +27,9 @@ def trained(tmp_path_factory):
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, lambda: records)
     # Results files use the dataset's own ids: here 1 and 2 for contiguous 0 and 1.
-    MetadataCatalog.get(name).set(thing_classes=["a", "b"], thing_dataset_id_to_contiguous_id={1: 0, 2: 1})
+    MetadataCatalog.get(name).set(
+        thing_classes=["a", "b"], thing_dataset_id_to_contiguous_id={1: 0, 2: 1}
+    )
     torch.manual_seed(0)
     np.random.seed(0)
     cfg = tiny_cfg()
@@ -60,7 +62,9 @@ def _results(records):
                     "score": float(rng.uniform(0.3, 1.0)),
                 }
             )
-    out.append({"image_id": records[0]["image_id"], "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.01})
+    out.append(
+        {"image_id": records[0]["image_id"], "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.01}
+    )
     return out
 
 
@@ -96,8 +100,12 @@ def test_prompts_from_results_file(trained, tmp_path):
 def test_results_file_with_unknown_class_is_refused(trained, tmp_path):
     _, records, name, _ = trained
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps([{"image_id": 11, "category_id": 7, "bbox": [0, 0, 5, 5], "score": 0.9}]))
-    cfg = tiny_cfg(MODEL__SAM__PROMPT__SOURCE="detector", MODEL__SAM__DETECTOR__RESULTS_FILE=str(path))
+    path.write_text(
+        json.dumps([{"image_id": 11, "category_id": 7, "bbox": [0, 0, 5, 5], "score": 0.9}])
+    )
+    cfg = tiny_cfg(
+        MODEL__SAM__PROMPT__SOURCE="detector", MODEL__SAM__DETECTOR__RESULTS_FILE=str(path)
+    )
     with pytest.raises(ValueError, match=r"bad\.json.*category_id 7"):
         Trainer.build_test_loader(cfg, name)
 
@@ -165,10 +173,24 @@ def test_comparison_command_end_to_end(tmp_path):
     ensure_synthetic_dataset(str(tmp_path / "data"), "tiny_iwp", spec)
     out = tmp_path / "cmp"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "compare.py"), "--dataset", "tiny_iwp",
-         "--data-root", str(tmp_path / "data"), "--output", str(out),
-         "--maskrcnn-iters", "2", "--sam-iters", "3"],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"), timeout=900,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "compare.py"),
+            "--dataset",
+            "tiny_iwp",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--output",
+            str(out),
+            "--maskrcnn-iters",
+            "2",
+            "--sam-iters",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = json.loads((out / "comparison.json").read_text())

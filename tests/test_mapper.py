@@ -58,8 +58,12 @@ def _inside(points, polygon, h, w):
 
 @pytest.mark.parametrize("is_train", [True, False])
 def test_points_lie_inside_concave_masks(record, is_train):
-    cfg = tiny_cfg(MODEL__SAM__PROMPT__TYPE="point", MODEL__SAM__PROMPT__NUM_POSITIVE_POINTS=3,
-                   MODEL__SAM__PROMPT__NUM_NEGATIVE_POINTS=2, INPUT__RANDOM_FLIP="none")
+    cfg = tiny_cfg(
+        MODEL__SAM__PROMPT__TYPE="point",
+        MODEL__SAM__PROMPT__NUM_POSITIVE_POINTS=3,
+        MODEL__SAM__PROMPT__NUM_NEGATIVE_POINTS=2,
+        INPUT__RANDOM_FLIP="none",
+    )
     m = mapper(is_train, cfg)
     concave = np.asarray(record["annotations"][1]["segmentation"][0]).reshape(-1, 2)
     for _ in range(10 if is_train else 1):
@@ -133,7 +137,9 @@ class _FixedCrop(T.Augmentation):
 def test_resize_to_encoder_keeps_aspect_and_moves_prompts_with_the_image(tmp_path):
     # The longest side becomes the encoder's 256 px (SAM rounds the other half up: 57.6 -> 58);
     # image, masks and prompts share the transform; the output size stays the record's.
-    rec = shapes_image(str(tmp_path / "wide.png"), [(polygon_ellipse(300, 40, 40, 20), 0)], size=(90, 400))
+    rec = shapes_image(
+        str(tmp_path / "wide.png"), [(polygon_ellipse(300, 40, 40, 20), 0)], size=(90, 400)
+    )
     out = mapper(False)(rec)
     inst = out["instances"]
     assert inst.image_size == (58, 256) and tuple(out["image"].shape) == (3, 58, 256)
@@ -143,7 +149,9 @@ def test_resize_to_encoder_keeps_aspect_and_moves_prompts_with_the_image(tmp_pat
     assert abs(x0 - 260 * s) <= 1 and abs(x1 - 340 * s) <= 1
     torch.testing.assert_close(inst.prompt_boxes.tensor, inst.gt_boxes.tensor)
     # A small image is scaled up the same way.
-    small = shapes_image(str(tmp_path / "small.png"), [(polygon_ellipse(50, 40, 20, 10), 0)], size=(80, 128))
+    small = shapes_image(
+        str(tmp_path / "small.png"), [(polygon_ellipse(50, 40, 20, 10), 0)], size=(80, 128)
+    )
     out = mapper(False)(small)
     assert tuple(out["image"].shape) == (3, 160, 256)
     x0, y0, x1, y1 = out["instances"].gt_boxes.tensor[0].tolist()
@@ -157,7 +165,9 @@ def test_training_targets_are_rasterised_once_on_the_decoder_grid(record):
     inst = out["instances"]
     targets = inst.gt_mask_targets
     assert targets.dtype == torch.bool and tuple(targets.shape) == (2, 48, 64)  # 192 x 256 / 4
-    full = torch.as_tensor(np.stack([polygons_to_bitmask(p, 192, 256) for p in inst.gt_masks.polygons]))
+    full = torch.as_tensor(
+        np.stack([polygons_to_bitmask(p, 192, 256) for p in inst.gt_masks.polygons])
+    )
     pooled = torch.nn.functional.avg_pool2d(full[:, None].float(), 4)[:, 0] >= 0.5
     disagree = (pooled != targets).float().mean().item()
     assert disagree < 0.01  # the same masks, pooled (boundary cells may round either way)

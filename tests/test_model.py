@@ -149,7 +149,9 @@ def test_image_with_no_instances(records):
 def test_large_non_square_image_is_resized_not_cropped(tmp_path):
     # 200 x 600 is wider than the 256-px encoder: the mapper scales it to 85 x 256 (SAM's rounding),
     # with its prompts, and the model pads it; nothing is cut.
-    rec = shapes_image(str(tmp_path / "wide.png"), [(polygon_ellipse(540, 100, 40, 60), 1)], size=(200, 600))
+    rec = shapes_image(
+        str(tmp_path / "wide.png"), [(polygon_ellipse(540, 100, 40, 60), 1)], size=(200, 600)
+    )
     model = build(MODEL__SAM__PROMPTS_PER_CHUNK=4)
     x = SAMDatasetMapper(tiny_cfg(), False)(rec)
     assert tuple(x["image"].shape) == (3, 85, 256)
@@ -182,7 +184,8 @@ def test_instance_cap_limits_training_prompts(records):
     model.train()
     seen = []  # prompts reaching the mask decoder, through a public forward hook
     model.sam.mask_decoder.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(len(kwargs["sparse_prompt_embeddings"])), with_kwargs=True
+        lambda mod, args, kwargs: seen.append(len(kwargs["sparse_prompt_embeddings"])),
+        with_kwargs=True,
     )
     model(mapped(records))
     assert sum(seen) == 4 + 3 + 5  # images of 4, 3 and 40 instances
@@ -211,7 +214,9 @@ def _ddp_worker(rank, world, port, recs, out_dir):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         model = build(MODEL__SAM__PROMPTS_PER_CHUNK=3)
         model.train()

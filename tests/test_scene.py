@@ -30,7 +30,12 @@ def to_map(x, y):
 
 # Objects (pixel centre, radii): one inside a tile, one across the x=192 border (tile 256,
 # overlap 64: tiles start at 0, 192, 384), one larger than the overlap across a corner.
-OBJECTS = [((100, 100), (30, 20)), ((192, 60), (22, 16)), ((450, 300), (110, 70)), ((600, 420), (25, 25))]
+OBJECTS = [
+    ((100, 100), (30, 20)),
+    ((192, 60), (22, 16)),
+    ((450, 300), (110, 70)),
+    ((600, 420), (25, 25)),
+]
 W, H = 700, 500
 
 
@@ -40,8 +45,18 @@ def write_scene(path, objects=OBJECTS, width=W, height=H, value=230):
     for (cx, cy), (rx, ry) in objects:
         img[:, ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1] = value
     with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
-        crs="EPSG:32606", transform=TRANSFORM, tiled=True, blockxsize=128, blockysize=128,
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32606",
+        transform=TRANSFORM,
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
     ) as dst:
         dst.write(img)
     return path
@@ -64,7 +79,11 @@ class OracleModel:
         for img in images:
             labels, n = ndimage.label(img[..., 0] > 200)
             inst = Instances(img.shape[:2])
-            inst.pred_masks = torch.from_numpy(np.stack([labels == i + 1 for i in range(n)])) if n else torch.zeros((0, *img.shape[:2]), dtype=torch.bool)
+            inst.pred_masks = (
+                torch.from_numpy(np.stack([labels == i + 1 for i in range(n)]))
+                if n
+                else torch.zeros((0, *img.shape[:2]), dtype=torch.bool)
+            )
             inst.scores = torch.linspace(0.9, 0.5, n) if n else torch.zeros(0)
             inst.pred_classes = torch.zeros(n, dtype=torch.int64)
             out.append(inst)
@@ -96,7 +115,13 @@ def test_tile_grid_covers_scene_with_overlap():
 def test_features_in_map_coordinates_each_object_once(tmp_path):
     scene = write_scene(str(tmp_path / "scene.tif"))
     summary = predict_scene(
-        OracleModel(), scene, str(tmp_path / "out"), tile_size=256, overlap=64, class_names=["iwp"], overview_size=200
+        OracleModel(),
+        scene,
+        str(tmp_path / "out"),
+        tile_size=256,
+        overlap=64,
+        class_names=["iwp"],
+        overview_size=200,
     )
     gj = _geojson(tmp_path / "out")
     assert gj["crs"]["properties"]["name"] == "EPSG:32606"
@@ -115,13 +140,24 @@ def test_features_in_map_coordinates_each_object_once(tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     scene = write_scene(str(tmp_path / "scene.tif"))
-    predict_scene(OracleModel(), scene, str(tmp_path / "full"), tile_size=256, overlap=64, batch_size=2)
+    predict_scene(
+        OracleModel(), scene, str(tmp_path / "full"), tile_size=256, overlap=64, batch_size=2
+    )
     with pytest.raises(KeyboardInterrupt):
-        predict_scene(OracleModel(fail_after=2), scene, str(tmp_path / "cut"), tile_size=256, overlap=64, batch_size=2)
+        predict_scene(
+            OracleModel(fail_after=2),
+            scene,
+            str(tmp_path / "cut"),
+            tile_size=256,
+            overlap=64,
+            batch_size=2,
+        )
     with open(tmp_path / "cut" / "tiles.jsonl") as f:
         assert len(f.readlines()) == 4  # two batches of two tiles were saved
     again = OracleModel()
-    summary = predict_scene(again, scene, str(tmp_path / "cut"), tile_size=256, overlap=64, batch_size=2)
+    summary = predict_scene(
+        again, scene, str(tmp_path / "cut"), tile_size=256, overlap=64, batch_size=2
+    )
     assert summary["tiles_run"] == summary["tiles"] - 4
     with open(tmp_path / "cut" / "tiles.jsonl") as f:
         tiles = [json.loads(l)["tile"] for l in f]
@@ -135,7 +171,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 
 def test_min_score_filters_the_map_not_the_coco_results(tmp_path):
     scene = write_scene(str(tmp_path / "scene.tif"))
-    s = predict_scene(OracleModel(), scene, str(tmp_path / "out"), tile_size=256, overlap=64, min_score=0.75)
+    s = predict_scene(
+        OracleModel(), scene, str(tmp_path / "out"), tile_size=256, overlap=64, min_score=0.75
+    )
     gj = _geojson(tmp_path / "out")
     with open(s["outputs"]["coco"]) as f:
         coco = json.load(f)
@@ -150,7 +188,9 @@ def test_plain_image_without_georeference(tmp_path):
     img = np.full((300, 400, 3), 60, np.uint8)
     img[100:160, 50:130] = 230
     Image.fromarray(img).save(tmp_path / "plain.png")
-    s = predict_scene(OracleModel(), str(tmp_path / "plain.png"), str(tmp_path / "out"), tile_size=256, overlap=64)
+    s = predict_scene(
+        OracleModel(), str(tmp_path / "plain.png"), str(tmp_path / "out"), tile_size=256, overlap=64
+    )
     assert "geojson" not in s["outputs"] and os.path.exists(s["outputs"]["overlay"])
     with open(s["outputs"]["coco"]) as f:
         (r,) = json.load(f)
@@ -173,7 +213,9 @@ def test_bad_inputs_have_clear_messages(tmp_path):
         dst.write(np.zeros((3, H, W), np.uint8))
     with pytest.raises(SceneError, match="no data"):
         predict_scene(OracleModel(), empty, str(tmp_path / "o4"), tile_size=256, overlap=64)
-    small = write_scene(str(tmp_path / "small.tif"), objects=[((50, 40), (20, 15))], width=120, height=90)
+    small = write_scene(
+        str(tmp_path / "small.tif"), objects=[((50, 40), (20, 15))], width=120, height=90
+    )
     s = predict_scene(OracleModel(), small, str(tmp_path / "o5"), tile_size=256, overlap=64)
     assert s["tiles"] == 1 and s["features"] == 1
 
@@ -186,14 +228,37 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
         x0, y0 = to_map(cx - rx, cy - ry)
         x1, y1 = to_map(cx + rx, cy + ry)
         poly = shapely.geometry.box(x0, y1, x1, y0)
-        feats.append({"type": "Feature", "geometry": shapely.geometry.mapping(poly), "properties": {"category_id": 1}})
+        feats.append(
+            {
+                "type": "Feature",
+                "geometry": shapely.geometry.mapping(poly),
+                "properties": {"category_id": 1},
+            }
+        )
     prompts = tmp_path / "prompts.geojson"
     prompts.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     cfg = os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml")
-    cmd = [sys.executable, os.path.join(REPO, "tools", "predict.py"), "--config-file", cfg, "--input", scene,
-           "--output", str(tmp_path / "out"), "--tile-size", "256", "--overlap", "64", "--min-score", "0",
-           "--prompts", str(prompts)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "predict.py"),
+        "--config-file",
+        cfg,
+        "--input",
+        scene,
+        "--output",
+        str(tmp_path / "out"),
+        "--tile-size",
+        "256",
+        "--overlap",
+        "64",
+        "--min-score",
+        "0",
+        "--prompts",
+        str(prompts),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tiles/s" in proc.stdout
     gj = _geojson(tmp_path / "out" / "scene")
@@ -204,5 +269,7 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
     assert all(f["properties"]["category_id"] == 1 for f in gj["features"])
     # A SAM config without prompts is refused with a message, not a stack trace.
     cmd[cmd.index("--output") + 1] = str(tmp_path / "out2")
-    proc = subprocess.run(cmd[:-2], capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc = subprocess.run(
+        cmd[:-2], capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
+    )
     assert proc.returncode != 0 and "needs prompts" in proc.stderr

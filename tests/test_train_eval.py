@@ -71,7 +71,9 @@ def test_copied_project_trains_resumes_and_evaluates(tmp_path):
     cfg = "projects/SAMPrompt/configs/sam_instant_test.yaml"
     common = ["DATASETS.ROOT", str(tmp_path / "data"), "OUTPUT_DIR", "out"]
 
-    out = _run(fork, "--config-file", cfg, *common, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2")
+    out = _run(
+        fork, "--config-file", cfg, *common, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"
+    )
     assert f"SAMPrompt from {fork / 'projects' / 'SAMPrompt' / 'sam_prompt'}" in out
     assert (fork / "out" / "model_final.pth").exists()
     assert "copypaste: Task: segm" in out
@@ -84,7 +86,14 @@ def test_copied_project_trains_resumes_and_evaluates(tmp_path):
     assert "Starting training from iteration 4" in out
 
     out = _run(
-        fork, "--config-file", cfg, "--eval-only", "--prompt", "point", *common,
-        "MODEL.WEIGHTS", "out/model_final.pth",
+        fork,
+        "--config-file",
+        cfg,
+        "--eval-only",
+        "--prompt",
+        "point",
+        *common,
+        "MODEL.WEIGHTS",
+        "out/model_final.pth",
     )
     assert "copypaste: Task: segm" in out and "Starting training" not in out

@@ -14,7 +14,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt")
+)
 
 from sam_prompt.data import (  # noqa: E402
     DatasetFormatError,
@@ -29,7 +31,9 @@ from sam_prompt.data import (  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", metavar="NAME", help="a dataset folder in --data-root")
     src.add_argument("--json", metavar="FILE", help="one dataset file (Detectron2, COCO or VIA)")
@@ -37,14 +41,24 @@ def main(argv=None):
     parser.add_argument("--image-root", help="folder of the images of --json (default: its folder)")
     parser.add_argument("--class-attribute", help="VIA region attribute holding the class")
     parser.add_argument(
-        "--test-fraction", type=float, default=0.2,
+        "--test-fraction",
+        type=float,
+        default=0.2,
         help="DATASETS.TEST_FRACTION: how one annotation file is split into train and test",
     )
-    parser.add_argument("--headers-only", action="store_true", help="read image headers only (faster; misses truncated files)")
+    parser.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read image headers only (faster; misses truncated files)",
+    )
     args = parser.parse_args(argv)
 
     try:
-        files = find_dataset_files(args.dataset, args.data_root) if args.dataset else {"all": (args.json, args.image_root)}
+        files = (
+            find_dataset_files(args.dataset, args.data_root)
+            if args.dataset
+            else {"all": (args.json, args.image_root)}
+        )
         loaded = {s: load_records(p, root, args.class_attribute) for s, (p, root) in files.items()}
         file_classes = next((d.class_names for d in loaded.values() if d.class_names), None)
         splits = [d.records for d in loaded.values()]

@@ -23,14 +23,18 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt")
+)
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets, train_and_test  # noqa: E402
 
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt", "configs")
+CONFIGS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt", "configs"
+)
 METRICS = ("AP", "AP50", "AP75")
 
 
@@ -38,22 +42,31 @@ def make_cfg(config_file, args, out, *opts):
     return load_config(
         config_file,
         [
-            "DATASETS.TRAIN", (f"{args.dataset}_train",),
-            "DATASETS.TEST", (f"{args.dataset}_test",),
-            "DATASETS.ROOT", args.data_root,
-            "OUTPUT_DIR", os.path.join(args.output, out),
-            "TEST.EVAL_PERIOD", 0,
+            "DATASETS.TRAIN",
+            (f"{args.dataset}_train",),
+            "DATASETS.TEST",
+            (f"{args.dataset}_test",),
+            "DATASETS.ROOT",
+            args.data_root,
+            "OUTPUT_DIR",
+            os.path.join(args.output, out),
+            "TEST.EVAL_PERIOD",
+            0,
             *opts,
         ],
     )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", default="iwp_synthetic")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--output", default="output/compare")
-    parser.add_argument("--maskrcnn-config", default=os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml"))
+    parser.add_argument(
+        "--maskrcnn-config", default=os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml")
+    )
     parser.add_argument("--sam-config", default=os.path.join(CONFIGS, "sam_demo_cpu.yaml"))
     parser.add_argument("--maskrcnn-iters", type=int, default=250)
     parser.add_argument("--sam-iters", type=int, default=1000)
@@ -66,9 +79,19 @@ def main(argv=None):
 
     def record(name, prompts, results):
         rows.append((name, prompts, {k: results["segm"][k] for k in METRICS}))
-        print(f"[compare] {name}: segm AP {results['segm']['AP']:.1f} ({time.time() - start:.0f} s)", flush=True)
+        print(
+            f"[compare] {name}: segm AP {results['segm']['AP']:.1f} ({time.time() - start:.0f} s)",
+            flush=True,
+        )
 
-    iters = lambda n: ["SOLVER.MAX_ITER", n, "SOLVER.STEPS", (int(n * 0.8),), "SOLVER.CHECKPOINT_PERIOD", max(n // 2, 1)]  # noqa: E731
+    iters = lambda n: [
+        "SOLVER.MAX_ITER",
+        n,
+        "SOLVER.STEPS",
+        (int(n * 0.8),),
+        "SOLVER.CHECKPOINT_PERIOD",
+        max(n // 2, 1),
+    ]  # noqa: E731
 
     mrcnn = make_cfg(args.maskrcnn_config, args, "mask_rcnn", *iters(args.maskrcnn_iters))
     register_cfg_datasets(mrcnn)
@@ -76,22 +99,39 @@ def main(argv=None):
     record("Mask R-CNN (MViTv2)", "none", res)
     detections = os.path.join(mrcnn.OUTPUT_DIR, "coco_instances_results.json")
 
-    sam_box = make_cfg(args.sam_config, args, "sam_box", "MODEL.SAM.PROMPT.TYPE", "box", *iters(args.sam_iters))
+    sam_box = make_cfg(
+        args.sam_config, args, "sam_box", "MODEL.SAM.PROMPT.TYPE", "box", *iters(args.sam_iters)
+    )
     box_model, res = train_and_test(sam_box)
     record("SAM, box prompts", "ground-truth boxes", res)
 
-    sam_point = make_cfg(args.sam_config, args, "sam_point", "MODEL.SAM.PROMPT.TYPE", "point", *iters(args.sam_iters))
+    sam_point = make_cfg(
+        args.sam_config, args, "sam_point", "MODEL.SAM.PROMPT.TYPE", "point", *iters(args.sam_iters)
+    )
     _, res = train_and_test(sam_point)
     record("SAM, point prompts", "ground-truth points", res)
 
     sam_det = make_cfg(
-        args.sam_config, args, "sam_detector", "MODEL.SAM.PROMPT.TYPE", "box",
-        "MODEL.SAM.PROMPT.SOURCE", "detector", "MODEL.SAM.DETECTOR.RESULTS_FILE", detections,
+        args.sam_config,
+        args,
+        "sam_detector",
+        "MODEL.SAM.PROMPT.TYPE",
+        "box",
+        "MODEL.SAM.PROMPT.SOURCE",
+        "detector",
+        "MODEL.SAM.DETECTOR.RESULTS_FILE",
+        detections,
     )
     record("SAM prompted by Mask R-CNN", "detector boxes", Trainer.test(sam_det, box_model))
 
-    box = make_cfg(args.sam_config, args, "filled_box", "MODEL.META_ARCHITECTURE", "FilledPromptBox")
-    record("filled prompt box (trivial)", "ground-truth boxes", Trainer.test(box, Trainer.build_model(box)))
+    box = make_cfg(
+        args.sam_config, args, "filled_box", "MODEL.META_ARCHITECTURE", "FilledPromptBox"
+    )
+    record(
+        "filled prompt box (trivial)",
+        "ground-truth boxes",
+        Trainer.test(box, Trainer.build_model(box)),
+    )
 
     lines = [
         f"segm AP on {args.dataset}_test (COCOEvaluator; Mask R-CNN {args.maskrcnn_iters} iterations, "
@@ -101,7 +141,9 @@ def main(argv=None):
     ]
     fmt = lambda v: "-" if math.isnan(v) else f"{v:.1f}"  # noqa: E731  (nan: no predictions at all)
     for name, prompts, m in rows:
-        lines.append(f"| {name:<28} | {prompts:<20} | {fmt(m['AP']):>5} | {fmt(m['AP50']):>5} | {fmt(m['AP75']):>5} |")
+        lines.append(
+            f"| {name:<28} | {prompts:<20} | {fmt(m['AP']):>5} | {fmt(m['AP50']):>5} | {fmt(m['AP75']):>5} |"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(args.output, exist_ok=True)
@@ -109,7 +151,14 @@ def main(argv=None):
         f.write(table + "\n")
     with open(os.path.join(args.output, "comparison.json"), "w") as f:
         clean = lambda v: None if math.isnan(v) else v  # noqa: E731
-        json.dump([{"method": n, "prompts": p, **{k: clean(v) for k, v in m.items()}} for n, p, m in rows], f, indent=1)
+        json.dump(
+            [
+                {"method": n, "prompts": p, **{k: clean(v) for k, v in m.items()}}
+                for n, p, m in rows
+            ],
+            f,
+            indent=1,
+        )
     print(f"\nwritten to {os.path.abspath(args.output)}/comparison.md")
     logging.shutdown()
 

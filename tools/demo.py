@@ -18,7 +18,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt")
+)
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_setup  # noqa: E402
@@ -28,7 +30,14 @@ from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets, train_and_test  # noqa: E402
 from sam_prompt.visualize import model_predictor, write_side_by_side  # noqa: E402
 
-DEMO_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt", "configs", "sam_demo_cpu.yaml")
+DEMO_CFG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    "..",
+    "projects",
+    "SAMPrompt",
+    "configs",
+    "sam_demo_cpu.yaml",
+)
 METRICS = ("AP", "AP50", "AP75")
 
 
@@ -37,7 +46,9 @@ def metrics(results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default=DEMO_CFG)
     parser.add_argument("--overlays", type=int, default=4, help="test images to draw")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -45,11 +56,16 @@ def main():
     start = time.time()
 
     cfg = load_config(args.config_file, args.opts)
-    default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts, eval_only=False))
+    default_setup(
+        cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts, eval_only=False)
+    )
     setup_logger(output=cfg.OUTPUT_DIR, name="sam_prompt")
     register_cfg_datasets(cfg)
 
-    print(f"[demo] training a small SAM on {cfg.DATASETS.TRAIN[0]} ({cfg.SOLVER.MAX_ITER} iterations, CPU) ...", flush=True)
+    print(
+        f"[demo] training a small SAM on {cfg.DATASETS.TRAIN[0]} ({cfg.SOLVER.MAX_ITER} iterations, CPU) ...",
+        flush=True,
+    )
     model, results = train_and_test(cfg)  # reuses a finished run, resumes an interrupted one
     logging.getLogger("detectron2").setLevel(logging.WARNING)  # the tables below say it all
     train_time = time.time() - start  # training and its final evaluation
@@ -72,13 +88,24 @@ def main():
 
     n_test = len(DatasetCatalog.get(test))
     print(f"\n[demo] COCO AP on {test} ({n_test} images), prompts: ground-truth boxes")
-    print(f"{'model':<34}" + "".join(f"{t + ' ' + m:>11}" for t in ("segm", "bbox") for m in METRICS))
-    for name, r in (("filled prompt box (trivial)", baseline), ("SAMPrompt, small SAM from scratch", sam)):
-        print(f"{name:<34}" + "".join(f"{r[t][m]:>11.1f}" for t in ("segm", "bbox") for m in METRICS))
-    print("(the baseline's bbox AP only copies the prompt boxes; SAMPrompt's boxes come from its masks)")
+    print(
+        f"{'model':<34}" + "".join(f"{t + ' ' + m:>11}" for t in ("segm", "bbox") for m in METRICS)
+    )
+    for name, r in (
+        ("filled prompt box (trivial)", baseline),
+        ("SAMPrompt, small SAM from scratch", sam),
+    ):
+        print(
+            f"{name:<34}" + "".join(f"{r[t][m]:>11.1f}" for t in ("segm", "bbox") for m in METRICS)
+        )
+    print(
+        "(the baseline's bbox AP only copies the prompt boxes; SAMPrompt's boxes come from its masks)"
+    )
     gain = sam["segm"]["AP"] - baseline["segm"]["AP"]
     print(f"\nsegm AP gain over the filled box: {gain:+.1f} points (goal: >= +10)")
-    print(f"overlays (ground truth | prediction): {os.path.abspath(os.path.dirname(overlays[0])) if overlays else 'none'}")
+    print(
+        f"overlays (ground truth | prediction): {os.path.abspath(os.path.dirname(overlays[0])) if overlays else 'none'}"
+    )
     print(f"wall time: {time.time() - start:.0f} s (training and evaluation {train_time:.0f} s)")
 
 

@@ -19,7 +19,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt")
+)
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
@@ -34,7 +36,9 @@ def expand_inputs(paths):
     out = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(EXTENSIONS))
+            found = sorted(
+                os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(EXTENSIONS)
+            )
             if not found:
                 raise SceneError(f"{p}: no images ({', '.join(EXTENSIONS)}) in this folder")
             out += found
@@ -44,16 +48,30 @@ def expand_inputs(paths):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", nargs="+", required=True, help="images, GeoTIFFs or folders")
     parser.add_argument("--output", required=True)
     parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=128, help="pixels shared by neighbouring tiles (>= the largest object)")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=128,
+        help="pixels shared by neighbouring tiles (>= the largest object)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--overview-size", type=int, default=1024, help="longest side of the overlay PNG")
+    parser.add_argument(
+        "--overview-size", type=int, default=1024, help="longest side of the overlay PNG"
+    )
     parser.add_argument("--prompts", help="COCO JSON or GeoJSON prompts for SAM models")
-    parser.add_argument("--min-score", type=float, default=0.5, help="GeoJSON/overlay keep features scoring at least this (COCO results keep all)")
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=0.5,
+        help="GeoJSON/overlay keep features scoring at least this (COCO results keep all)",
+    )
     parser.add_argument("--class-names", help="comma-separated names written to the GeoJSON")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
@@ -67,9 +85,16 @@ def main(argv=None):
         for path in inputs:
             out_dir = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
             s = predict_scene(
-                model, path, out_dir, tile_size=args.tile_size, overlap=args.overlap,
-                batch_size=args.batch_size, prompts_file=args.prompts, class_names=names,
-                overview_size=args.overview_size, min_score=args.min_score,
+                model,
+                path,
+                out_dir,
+                tile_size=args.tile_size,
+                overlap=args.overlap,
+                batch_size=args.batch_size,
+                prompts_file=args.prompts,
+                class_names=names,
+                overview_size=args.overview_size,
+                min_score=args.min_score,
             )
             print(
                 f"{path}: {s['features']} features from {s['tiles']} tiles "

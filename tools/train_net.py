@@ -16,7 +16,9 @@ import sys
 
 # Import the project by folder (as Detectron2's own projects are): copying projects/SAMPrompt and
 # this file into any Detectron2 checkout is all that is needed.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt")
+)
 
 from detectron2.engine import launch  # noqa: E402
 

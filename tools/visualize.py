@@ -16,7 +16,9 @@ import os
 import sys
 from collections import defaultdict
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt")
+)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -24,8 +26,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
 from pycocotools import mask as mask_util  # noqa: E402
 
-from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.checkpoint import SAMCheckpointer  # noqa: E402
+from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.engine import Trainer, register_cfg_datasets  # noqa: E402
 from sam_prompt.visualize import model_predictor, write_side_by_side  # noqa: E402
 
@@ -40,16 +42,22 @@ def instances_from_results(results, record, meta):
     else:
         masks = np.zeros((0, h, w), dtype=bool)
     inst.pred_masks = torch.from_numpy(masks)
-    inst.pred_classes = torch.tensor([to_contiguous.get(r["category_id"], r["category_id"]) for r in results], dtype=torch.int64)
+    inst.pred_classes = torch.tensor(
+        [to_contiguous.get(r["category_id"], r["category_id"]) for r in results], dtype=torch.int64
+    )
     inst.scores = torch.tensor([r["score"] for r in results], dtype=torch.float32)
     return inst
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--dataset-name", help="default: the config's first DATASETS.TEST")
-    parser.add_argument("--results", help="coco_instances_results.json to draw instead of running the model")
+    parser.add_argument(
+        "--results", help="coco_instances_results.json to draw instead of running the model"
+    )
     parser.add_argument("--output", required=True, help="folder for the PNG files")
     parser.add_argument("--max-images", type=int, default=20)
     parser.add_argument("--score-threshold", type=float, default=0.5)
@@ -67,7 +75,9 @@ def main(argv=None):
             by_image = defaultdict(list)
             for r in json.load(f):
                 by_image[r["image_id"]].append(r)
-        predict = lambda r: instances_from_results(by_image.get(r["image_id"], []), r, meta)  # noqa: E731
+        predict = lambda r: instances_from_results(
+            by_image.get(r["image_id"], []), r, meta
+        )  # noqa: E731
     else:
         model = Trainer.build_model(cfg)
         SAMCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)

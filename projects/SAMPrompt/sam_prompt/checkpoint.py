@@ -57,8 +57,12 @@ class SAMCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except FileNotFoundError:
             raise
-        except Exception as e:  # EOFError, UnpicklingError, RuntimeError ("PytorchStreamReader ...")
-            raise UnreadableCheckpoint(f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}") from e
+        except (
+            Exception
+        ) as e:  # EOFError, UnpicklingError, RuntimeError ("PytorchStreamReader ...")
+            raise UnreadableCheckpoint(
+                f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}"
+            ) from e
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
@@ -66,11 +70,16 @@ class SAMCheckpointer(DetectionCheckpointer):
             return incompatible
         prefix = "module.sam." if self.model is not _unwrap(self.model) else "sam."
         missing = [k for k in incompatible.missing_keys if k.startswith(prefix)]
-        shapes = [f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes]
+        shapes = [
+            f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes
+        ]
         if missing or shapes:
             hint = ""
             unexpected = incompatible.unexpected_keys
-            if any(k.split(".")[0] in ("image_encoder", "prompt_encoder", "mask_decoder") for k in unexpected):
+            if any(
+                k.split(".")[0] in ("image_encoder", "prompt_encoder", "mask_decoder")
+                for k in unexpected
+            ):
                 hint = (
                     " It holds an official Segment Anything state dict: give it as "
                     "MODEL.SAM.CHECKPOINT, not MODEL.WEIGHTS."
@@ -91,7 +100,9 @@ class SAMCheckpointer(DetectionCheckpointer):
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
         candidates = [self.get_checkpoint_file()]
-        others = [f for f in self.get_all_checkpoint_files() if os.path.basename(f).startswith("model_")]
+        others = [
+            f for f in self.get_all_checkpoint_files() if os.path.basename(f).startswith("model_")
+        ]
         candidates += sorted(set(others) - set(candidates), key=os.path.getmtime, reverse=True)
         skipped = []
         for candidate in candidates:

@@ -25,7 +25,9 @@ def load_config(config_file, opts=(), freeze=True):
 
         if validate_prompt_source(cfg) == "detector":
             cfg.MODEL.META_ARCHITECTURE = "DetectorPromptedSAM"
-            logger.info("MODEL.SAM.DETECTOR.CONFIG_FILE is set: META_ARCHITECTURE DetectorPromptedSAM")
+            logger.info(
+                "MODEL.SAM.DETECTOR.CONFIG_FILE is set: META_ARCHITECTURE DetectorPromptedSAM"
+            )
     if freeze:
         cfg.freeze()
     return cfg

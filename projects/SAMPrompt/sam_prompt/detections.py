@@ -27,7 +27,9 @@ def load_detections(results_file, dataset_name, score_threshold=0.0):
         raise FileNotFoundError(f"detector results file not found: {results_file}") from None
     except ValueError as e:
         raise ValueError(f"detector results file {results_file} is not JSON: {e}") from e
-    if not isinstance(results, list) or any(not {"image_id", "bbox", "score", "category_id"} <= set(r) for r in results[:1]):
+    if not isinstance(results, list) or any(
+        not {"image_id", "bbox", "score", "category_id"} <= set(r) for r in results[:1]
+    ):
         raise ValueError(
             f"{results_file}: expected a COCO results list of {{image_id, category_id, bbox, score}}"
         )
@@ -38,14 +40,24 @@ def load_detections(results_file, dataset_name, score_threshold=0.0):
         if r["score"] < score_threshold:
             continue
         if to_contiguous and r["category_id"] not in to_contiguous:
-            raise ValueError(f"{results_file}, result {i}: category_id {r['category_id']} is not a class of {dataset_name}")
+            raise ValueError(
+                f"{results_file}, result {i}: category_id {r['category_id']} is not a class of {dataset_name}"
+            )
         box = BoxMode.convert(list(r["bbox"]), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
-        per_image[r["image_id"]].append((box, to_contiguous.get(r["category_id"], r["category_id"]), r["score"]))
+        per_image[r["image_id"]].append(
+            (box, to_contiguous.get(r["category_id"], r["category_id"]), r["score"])
+        )
     out = {}
     for image_id, dets in per_image.items():
         boxes, classes, scores = zip(*dets)
-        out[image_id] = (np.array(boxes, dtype=np.float64), np.array(classes, dtype=np.int64), np.array(scores, dtype=np.float32))
-    logger.info(f"Loaded {sum(len(v[0]) for v in out.values())} detections for {len(out)} images from {results_file}")
+        out[image_id] = (
+            np.array(boxes, dtype=np.float64),
+            np.array(classes, dtype=np.int64),
+            np.array(scores, dtype=np.float32),
+        )
+    logger.info(
+        f"Loaded {sum(len(v[0]) for v in out.values())} detections for {len(out)} images from {results_file}"
+    )
     return out
 
 
@@ -61,7 +73,9 @@ def build_detector(config_file, weights, device):
     from .config import load_config
 
     if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"detector config not found: {config_file} (MODEL.SAM.DETECTOR.CONFIG_FILE)")
+        raise FileNotFoundError(
+            f"detector config not found: {config_file} (MODEL.SAM.DETECTOR.CONFIG_FILE)"
+        )
     cfg = load_config(config_file, ["MODEL.DEVICE", device])
     model = build_model(cfg)
     if weights:
@@ -85,6 +99,12 @@ def run_detector(detector, resize, detector_format, batched_inputs, input_format
         if detector_format != input_format:
             arr = arr[:, :, ::-1]
         arr = resize.get_transform(arr).apply_image(arr)
-        inputs.append({"image": torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1))), "height": h, "width": w})
+        inputs.append(
+            {
+                "image": torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1))),
+                "height": h,
+                "width": w,
+            }
+        )
     with torch.no_grad():
         return [o["instances"] for o in detector(inputs)]

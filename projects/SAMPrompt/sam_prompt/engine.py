@@ -174,7 +174,9 @@ def coco_ground_truth(dataset_name):
         return meta.json_file
     records = DatasetCatalog.get(dataset_name)
     digest = hashlib.sha1(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
-    folder = os.environ.get("SAMPROMPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "samprompt"))
+    folder = os.environ.get(
+        "SAMPROMPT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "samprompt")
+    )
     path = os.path.join(folder, "coco_gt", f"{dataset_name}_{digest[:16]}.json")
     if comm.is_main_process() and not os.path.exists(path):
         convert_to_coco_json(dataset_name, path, allow_cached=False)
@@ -237,8 +239,10 @@ def setup(args):
         shorthands += ["MODEL.SAM.PROMPT.TYPE", args.prompt]
     if getattr(args, "dataset", None):
         shorthands += [
-            "DATASETS.TRAIN", (f"{args.dataset}_train",),
-            "DATASETS.TEST", (f"{args.dataset}_test",),
+            "DATASETS.TRAIN",
+            (f"{args.dataset}_train",),
+            "DATASETS.TEST",
+            (f"{args.dataset}_test",),
         ]
     for flag, key in (
         ("data_root", "DATASETS.ROOT"),
@@ -250,7 +254,9 @@ def setup(args):
     cfg = load_config(args.config_file, shorthands + list(args.opts))
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sam_prompt")
-    logging.getLogger("sam_prompt").info(f"SAMPrompt from {os.path.dirname(os.path.abspath(__file__))}")
+    logging.getLogger("sam_prompt").info(
+        f"SAMPrompt from {os.path.dirname(os.path.abspath(__file__))}"
+    )
     register_cfg_datasets(cfg)
     check_num_classes(cfg)
     return cfg

@@ -189,7 +189,9 @@ class SAMDatasetMapper:
                 break
             self._count("training crops that left no instance (re-cropped)")
         if self.is_train and len(instances) == 0:
-            self._count(f"training images with no instance after {attempts} crops (another image drawn)")
+            self._count(
+                f"training images with no instance after {attempts} crops (another image drawn)"
+            )
             return None
 
         prompts = self.prompts(
@@ -305,7 +307,9 @@ def decoder_stride(arch):
     """Encoder-input pixels per cell of SAM's mask decoder output (4x the embedding grid)."""
     patch = arch["patch_size"]
     if patch % 4:
-        raise ValueError(f"SAM patch size {patch} is not a multiple of 4 (the mask decoder upsamples 4x)")
+        raise ValueError(
+            f"SAM patch size {patch} is not a multiple of 4 (the mask decoder upsamples 4x)"
+        )
     return patch // 4
 
 

@@ -98,7 +98,9 @@ def validate_prompt_source(cfg):
     if p.TYPE not in ("box", "point"):
         raise ValueError(f"MODEL.SAM.PROMPT.TYPE={p.TYPE!r}: expected 'box' or 'point'")
     if p.EVAL_POINT not in EVAL_POINTS:
-        raise ValueError(f"MODEL.SAM.PROMPT.EVAL_POINT={p.EVAL_POINT!r}: expected one of {EVAL_POINTS}")
+        raise ValueError(
+            f"MODEL.SAM.PROMPT.EVAL_POINT={p.EVAL_POINT!r}: expected one of {EVAL_POINTS}"
+        )
     if p.SOURCE == "ground_truth":
         if det.CONFIG_FILE or det.RESULTS_FILE:
             raise ValueError(
@@ -107,9 +109,13 @@ def validate_prompt_source(cfg):
             )
         return "ground_truth"
     if p.SOURCE != "detector":
-        raise ValueError(f"MODEL.SAM.PROMPT.SOURCE={p.SOURCE!r}: expected 'ground_truth' or 'detector'")
+        raise ValueError(
+            f"MODEL.SAM.PROMPT.SOURCE={p.SOURCE!r}: expected 'ground_truth' or 'detector'"
+        )
     if p.TYPE != "box":
-        raise ValueError("MODEL.SAM.PROMPT.SOURCE detector gives box prompts: set MODEL.SAM.PROMPT.TYPE box")
+        raise ValueError(
+            "MODEL.SAM.PROMPT.SOURCE detector gives box prompts: set MODEL.SAM.PROMPT.TYPE box"
+        )
     if bool(det.CONFIG_FILE) == bool(det.RESULTS_FILE):
         state = "both are set" if det.CONFIG_FILE else "neither is set"
         raise ValueError(
@@ -193,7 +199,11 @@ class GroundTruthPrompts:
                 rng = eval_rng(record_key, i)
             if is_train and self.prompt_type == "box":
                 prompt_boxes[i] = box_jitter(
-                    prompt_boxes[i], rng, self.box_jitter_std, self.box_jitter_max_pixels, image_size
+                    prompt_boxes[i],
+                    rng,
+                    self.box_jitter_std,
+                    self.box_jitter_max_pixels,
+                    image_size,
                 )
             if P:
                 points[i], labels[i] = point_prompts(

@@ -19,8 +19,15 @@ from .checkpoint import SAMCheckpointer
 from .modeling import uses_prompts
 from .modeling.build_sam import sam_arch_from_cfg
 from .prompts import prompt_instances
+from .tiling import (
+    SceneError,
+    SceneReader,
+    masks_to_polygons,
+    stitch,
+    tile_grid,
+    touches_inner_edge,
+)
 from .transforms import ResizeLongestSide
-from .tiling import SceneError, SceneReader, masks_to_polygons, stitch, tile_grid, touches_inner_edge
 
 __all__ = ["TileModel", "load_prompts", "predict_scene"]
 
@@ -58,14 +65,22 @@ class TileModel:
             h, w = img.shape[:2]
             arr = img if self.input_format == "RGB" else img[:, :, ::-1]
             transform = self.resize.get_transform(arr)
-            x = {"image": torch.as_tensor(np.ascontiguousarray(transform.apply_image(arr).transpose(2, 0, 1)))}
+            x = {
+                "image": torch.as_tensor(
+                    np.ascontiguousarray(transform.apply_image(arr).transpose(2, 0, 1))
+                )
+            }
             x.update(height=h, width=w)
             if self.needs_prompts:
                 x["instances"] = prompt_instances(
                     x["image"].shape[-2:],
                     classes=classes,
                     boxes=None if boxes is None else transform.apply_box(boxes),
-                    points=None if points is None else transform.apply_coords(np.array(points, dtype=np.float64)),
+                    points=(
+                        None
+                        if points is None
+                        else transform.apply_coords(np.array(points, dtype=np.float64))
+                    ),
                 )
             inputs.append(x)
         with torch.no_grad():
@@ -89,19 +104,27 @@ def load_prompts(path, reader):
         for i, feat in enumerate(obj["features"]):
             g = shape(feat["geometry"])
             if to_pixel is not None:
-                g = affinity.affine_transform(g, [to_pixel.a, to_pixel.b, to_pixel.d, to_pixel.e, to_pixel.xoff, to_pixel.yoff])
+                g = affinity.affine_transform(
+                    g,
+                    [to_pixel.a, to_pixel.b, to_pixel.d, to_pixel.e, to_pixel.xoff, to_pixel.yoff],
+                )
             if g.geom_type == "Point":
                 points.append([g.x, g.y])
             elif g.geom_type in ("Polygon", "MultiPolygon"):
                 boxes.append(list(g.bounds))
             else:
-                raise ValueError(f"{path}: feature {i} is a {g.geom_type}; prompts are Points or Polygons")
+                raise ValueError(
+                    f"{path}: feature {i} is a {g.geom_type}; prompts are Points or Polygons"
+                )
             classes.append(int((feat.get("properties") or {}).get("category_id", 0)))
         if boxes and points:
             raise ValueError(f"{path}: mixes Point and Polygon prompts; use one kind per run")
     else:
         anns = obj["annotations"] if isinstance(obj, dict) else obj
-        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+        boxes = [
+            [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+            for a in anns
+        ]
         points, classes = [], [int(a.get("category_id", 0)) for a in anns]
     return (
         np.array(boxes, dtype=np.float64).reshape(-1, 4) if boxes else None,
@@ -115,11 +138,20 @@ def _assign(prompts, tiles):
     boxes, points, classes = prompts
     b = boxes if boxes is not None else np.concatenate([points, points], axis=1)
     t = np.array([[t.x, t.y, t.x + t.width, t.y + t.height] for t in tiles], dtype=np.float64)
-    inside = (b[:, None, 0] >= t[None, :, 0]) & (b[:, None, 1] >= t[None, :, 1]) & (b[:, None, 2] <= t[None, :, 2]) & (b[:, None, 3] <= t[None, :, 3])
+    inside = (
+        (b[:, None, 0] >= t[None, :, 0])
+        & (b[:, None, 1] >= t[None, :, 1])
+        & (b[:, None, 2] <= t[None, :, 2])
+        & (b[:, None, 3] <= t[None, :, 3])
+    )
     centre_b = (b[:, None, :2] + b[:, None, 2:]) / 2
     centre_t = (t[None, :, :2] + t[None, :, 2:]) / 2
     dist = np.abs(centre_b - centre_t).max(-1)
-    inter = np.clip(np.minimum(b[:, None, 2:], t[None, :, 2:]) - np.maximum(b[:, None, :2], t[None, :, :2]), 0, None).prod(-1)
+    inter = np.clip(
+        np.minimum(b[:, None, 2:], t[None, :, 2:]) - np.maximum(b[:, None, :2], t[None, :, :2]),
+        0,
+        None,
+    ).prod(-1)
     choice = np.where(inside.any(1), np.where(inside, dist, np.inf).argmin(1), inter.argmax(1))
     per_tile = {}
     for i, k in enumerate(choice):
@@ -140,8 +172,17 @@ def _empty_prompts():
 
 
 def predict_scene(
-    model, path, out_dir, *, tile_size=512, overlap=128, batch_size=4, prompts_file=None,
-    class_names=None, overview_size=1024, min_score=0.5,
+    model,
+    path,
+    out_dir,
+    *,
+    tile_size=512,
+    overlap=128,
+    batch_size=4,
+    prompts_file=None,
+    class_names=None,
+    overview_size=1024,
+    min_score=0.5,
 ):
     """
     Predict one scene into ``out_dir`` (resuming from its ``tiles.jsonl``). The overlay is drawn
@@ -154,13 +195,33 @@ def predict_scene(
     reader = SceneReader(path, max_overview=overview_size)
     try:
         return _predict(
-            model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names, min_score
+            model,
+            reader,
+            path,
+            out_dir,
+            tile_size,
+            overlap,
+            batch_size,
+            prompts_file,
+            class_names,
+            min_score,
         )
     finally:
         reader.close()
 
 
-def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, prompts_file, class_names, min_score):
+def _predict(
+    model,
+    reader,
+    path,
+    out_dir,
+    tile_size,
+    overlap,
+    batch_size,
+    prompts_file,
+    class_names,
+    min_score,
+):
     if model.needs_prompts and not prompts_file:
         raise SceneError(
             "this SAM model needs prompts: give --prompts FILE, or set MODEL.SAM.PROMPT.SOURCE detector "
@@ -178,12 +239,16 @@ def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, promp
         with open(run_file) as f:
             previous = json.load(f)
         if previous != settings:
-            raise SceneError(f"{out_dir} holds a run with other settings ({previous}); use another --output")
+            raise SceneError(
+                f"{out_dir} holds a run with other settings ({previous}); use another --output"
+            )
     else:
         with open(run_file, "w") as f:
             json.dump(settings, f, indent=1)
     if max(reader.width, reader.height) < tile_size:
-        logger.info(f"{path}: {reader.width}x{reader.height} is smaller than one tile: one padded tile")
+        logger.info(
+            f"{path}: {reader.width}x{reader.height} is smaller than one tile: one padded tile"
+        )
     tiles = tile_grid(reader.width, reader.height, tile_size, overlap)
     per_tile = {}
     if prompts_file:
@@ -215,14 +280,25 @@ def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, promp
                 f.writelines(valid)
     todo = [t for t in tiles if t.index not in done]
     start = time.time()
-    with open(log_file, "a") as log, tqdm(total=len(tiles), initial=len(done), unit="tile", desc=os.path.basename(path)) as bar:
+    with (
+        open(log_file, "a") as log,
+        tqdm(total=len(tiles), initial=len(done), unit="tile", desc=os.path.basename(path)) as bar,
+    ):
         for i in range(0, len(todo), batch_size):
             batch = todo[i : i + batch_size]
             images = [reader.read_tile(t) for t in batch]
             has_data = [bool(img.any()) for img in images]
             prompts = [per_tile.get(t.index, _empty_prompts()) for t in batch]
-            run = [k for k, ok in enumerate(has_data) if ok and (not model.needs_prompts or len(prompts[k][2]))]
-            preds = dict(zip(run, model([images[k] for k in run], [prompts[k] for k in run]))) if run else {}
+            run = [
+                k
+                for k, ok in enumerate(has_data)
+                if ok and (not model.needs_prompts or len(prompts[k][2]))
+            ]
+            preds = (
+                dict(zip(run, model([images[k] for k in run], [prompts[k] for k in run])))
+                if run
+                else {}
+            )
             for k, t in enumerate(batch):
                 dets = []
                 inst = preds.get(k)
@@ -231,9 +307,22 @@ def _predict(model, reader, path, out_dir, tile_size, overlap, batch_size, promp
                     for g, s, c in zip(geoms, inst.scores.tolist(), inst.pred_classes.tolist()):
                         if g is None:
                             continue
-                        cut = False if prompted else touches_inner_edge(g, t, reader.width, reader.height)
-                        dets.append({"wkt": shapely.to_wkt(g, rounding_precision=3), "score": s, "category_id": c, "cut": cut})
-                log.write(json.dumps({"tile": t.index, "empty": not has_data[k], "dets": dets}) + "\n")
+                        cut = (
+                            False
+                            if prompted
+                            else touches_inner_edge(g, t, reader.width, reader.height)
+                        )
+                        dets.append(
+                            {
+                                "wkt": shapely.to_wkt(g, rounding_precision=3),
+                                "score": s,
+                                "category_id": c,
+                                "cut": cut,
+                            }
+                        )
+                log.write(
+                    json.dumps({"tile": t.index, "empty": not has_data[k], "dets": dets}) + "\n"
+                )
             log.flush()
             bar.update(len(batch))
     seconds = time.time() - start
@@ -276,14 +365,28 @@ def _write_outputs(reader, features, out_dir, path, class_names, min_score):
     # COCO results in scene pixels (polygon exteriors; holes are not representable there).
     results = []
     for f in features:
-        polys = [p for p in getattr(f["geometry"], "geoms", [f["geometry"]]) if p.geom_type == "Polygon"]
-        rings = [np.asarray(p.exterior.coords)[:-1].ravel().tolist() for p in polys if len(p.exterior.coords) >= 4]
+        polys = [
+            p for p in getattr(f["geometry"], "geoms", [f["geometry"]]) if p.geom_type == "Polygon"
+        ]
+        rings = [
+            np.asarray(p.exterior.coords)[:-1].ravel().tolist()
+            for p in polys
+            if len(p.exterior.coords) >= 4
+        ]
         if not rings:
             continue
         rle = mask_util.merge(mask_util.frPyObjects(rings, reader.height, reader.width))
         rle["counts"] = rle["counts"].decode("ascii")
         x0, y0, x1, y1 = f["geometry"].bounds
-        results.append({"image_id": 0, "category_id": f["category_id"], "segmentation": rle, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": f["score"]})
+        results.append(
+            {
+                "image_id": 0,
+                "category_id": f["category_id"],
+                "segmentation": rle,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": f["score"],
+            }
+        )
     outputs["coco"] = os.path.join(out_dir, f"{stem}_coco_results.json")
     with open(outputs["coco"], "w") as fh:
         json.dump(results, fh)
@@ -293,12 +396,18 @@ def _write_outputs(reader, features, out_dir, path, class_names, min_score):
         t = reader.src.transform
         feats = []
         for f in confident:
-            g = shapely.make_valid(affinity.affine_transform(f["geometry"], [t.a, t.b, t.d, t.e, t.xoff, t.yoff]))
+            g = shapely.make_valid(
+                affinity.affine_transform(f["geometry"], [t.a, t.b, t.d, t.e, t.xoff, t.yoff])
+            )
             props = {"category_id": f["category_id"], "score": round(f["score"], 4)}
             if class_names and 0 <= f["category_id"] < len(class_names):
                 props["class"] = class_names[f["category_id"]]
             feats.append({"type": "Feature", "geometry": mapping(g), "properties": props})
-        gj = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": reader.src.crs.to_string()}}, "features": feats}
+        gj = {
+            "type": "FeatureCollection",
+            "crs": {"type": "name", "properties": {"name": reader.src.crs.to_string()}},
+            "features": feats,
+        }
         outputs["geojson"] = os.path.join(out_dir, f"{stem}.geojson")
         with open(outputs["geojson"], "w") as fh:
             json.dump(gj, fh)
@@ -324,7 +433,12 @@ def _overlay(reader, features, path):
     ]
     if shapes:
         labels = rasterize(shapes, out_shape=(h, w), fill=0, dtype="int32", all_touched=True)
-        palette = np.array([(0, 0, 0)] + [CLASS_COLORS[f["category_id"] % len(CLASS_COLORS)] for f in features]) * 255
+        palette = (
+            np.array(
+                [(0, 0, 0)] + [CLASS_COLORS[f["category_id"] % len(CLASS_COLORS)] for f in features]
+            )
+            * 255
+        )
         inside = labels > 0
         image[inside] = 0.55 * image[inside] + 0.45 * palette[labels[inside]]
         edge = np.zeros_like(inside)

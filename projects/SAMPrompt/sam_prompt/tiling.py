@@ -60,7 +60,9 @@ def tile_grid(width, height, tile_size, overlap):
     tiles = []
     for y in _starts(height, tile_size, step):
         for x in _starts(width, tile_size, step):
-            tiles.append(Tile(len(tiles), x, y, min(tile_size, width - x), min(tile_size, height - y)))
+            tiles.append(
+                Tile(len(tiles), x, y, min(tile_size, width - x), min(tile_size, height - y))
+            )
     return tiles
 
 
@@ -84,7 +86,10 @@ class SceneReader:
         self.largest_read = 0
         self.georeferenced = self.src.crs is not None and not self.src.transform.is_identity
         scale = min(1.0, max_overview / max(self.src.width, self.src.height))
-        self.overview_shape = (max(1, round(self.src.height * scale)), max(1, round(self.src.width * scale)))
+        self.overview_shape = (
+            max(1, round(self.src.height * scale)),
+            max(1, round(self.src.width * scale)),
+        )
         self._lo = self._hi = None
         if self.src.dtypes[0] != "uint8":
             ov = self.overview()
@@ -111,7 +116,10 @@ class SceneReader:
     def _to_uint8(self, arr):
         if self._lo is None:
             return arr
-        return (np.clip((arr.astype(np.float32) - self._lo) / max(self._hi - self._lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+        return (
+            np.clip((arr.astype(np.float32) - self._lo) / max(self._hi - self._lo, 1e-6), 0, 1)
+            * 255
+        ).astype(np.uint8)
 
     def read_tile(self, tile):
         """RGB uint8 array (h, w, 3) of a tile."""
@@ -132,7 +140,9 @@ def masks_to_polygons(masks, tile):
         m = np.ascontiguousarray(m.astype(np.uint8))
         # Pixel-edge outlines, simplified by half a pixel (drops the staircase vertices).
         parts = [
-            shape(g).simplify(0.5) for g, v in raster_shapes(m, mask=m.astype(bool), transform=to_scene) if v
+            shape(g).simplify(0.5)
+            for g, v in raster_shapes(m, mask=m.astype(bool), transform=to_scene)
+            if v
         ]
         parts = [p for p in parts if not p.is_empty]
         if not parts:

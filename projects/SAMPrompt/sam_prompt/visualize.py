@@ -65,7 +65,11 @@ def model_predictor(cfg, model):
     from .mapper import SAMDatasetMapper
     from .modeling import uses_prompts
 
-    mapper = SAMDatasetMapper(cfg, is_train=False) if uses_prompts(cfg) else DatasetMapper(cfg, is_train=False)
+    mapper = (
+        SAMDatasetMapper(cfg, is_train=False)
+        if uses_prompts(cfg)
+        else DatasetMapper(cfg, is_train=False)
+    )
     model.eval()
 
     def predict(record):
@@ -90,7 +94,9 @@ def write_side_by_side(records, predict, metadata, folder, score_threshold=0.0):
     for record in tqdm(records, desc="drawing"):
         image = read_image(record["file_name"], format="RGB")
         drawn = side_by_side(image, record, predict(record), metadata, score_threshold)
-        path = os.path.join(folder, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
+        path = os.path.join(
+            folder, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png"
+        )
         Image.fromarray(drawn).save(path)
         paths.append(path)
     return paths

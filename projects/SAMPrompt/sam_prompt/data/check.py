@@ -43,7 +43,9 @@ def _fmt(values):
 
 def bbox_xywh(anno):
     """The annotation's box as XYWH_ABS (plain floats)."""
-    box = BoxMode.convert(list(anno["bbox"]), anno.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYWH_ABS)
+    box = BoxMode.convert(
+        list(anno["bbox"]), anno.get("bbox_mode", BoxMode.XYXY_ABS), BoxMode.XYWH_ABS
+    )
     return [float(v) for v in box]
 
 

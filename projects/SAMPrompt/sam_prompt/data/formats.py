@@ -66,7 +66,9 @@ def detect_format(obj):
         return "coco"
     if "_via_img_metadata" in obj:
         return "via"
-    if obj and all(isinstance(v, dict) and "filename" in v and "regions" in v for v in obj.values()):
+    if obj and all(
+        isinstance(v, dict) and "filename" in v and "regions" in v for v in obj.values()
+    ):
         return "via"
     return None
 
@@ -136,14 +138,18 @@ def _load_detectron2(obj, root, json_path):
     names = [id_to_name.get(i) or f"class_{i}" for i in range(num)]
     for r in records:
         for a in r["annotations"]:
-            a["category_name"] = names[a["category_id"]] if 0 <= a["category_id"] < num else str(a["category_id"])
+            a["category_name"] = (
+                names[a["category_id"]] if 0 <= a["category_id"] < num else str(a["category_id"])
+            )
     return records, names
 
 
 def _load_coco(obj, root, json_path):
     for key in ("images", "annotations", "categories"):
         if not isinstance(obj[key], list):
-            raise DatasetFormatError(f"{json_path}: '{key}' is a {type(obj[key]).__name__}, not a list")
+            raise DatasetFormatError(
+                f"{json_path}: '{key}' is a {type(obj[key]).__name__}, not a list"
+            )
     try:
         cats = sorted(obj["categories"], key=lambda c: c["id"])
         names = [str(c["name"]) for c in cats]
@@ -184,7 +190,9 @@ def _load_coco(obj, root, json_path):
 
 def _via_class(attrs, class_attribute, where):
     if not isinstance(attrs, dict):
-        raise DatasetFormatError(f"{where}: region_attributes is a {type(attrs).__name__}, not a dict")
+        raise DatasetFormatError(
+            f"{where}: region_attributes is a {type(attrs).__name__}, not a dict"
+        )
     if class_attribute is not None:
         if class_attribute not in attrs:
             raise DatasetFormatError(
@@ -211,7 +219,9 @@ def _via_class(attrs, class_attribute, where):
 def _via_polygon(shape, where):
     """(K, 2) vertices of a VIA polygon/rect shape; a degenerate shape gives (0, 2)."""
     if not isinstance(shape, dict):
-        raise DatasetFormatError(f"{where}: shape_attributes is a {type(shape).__name__}, not a dict")
+        raise DatasetFormatError(
+            f"{where}: shape_attributes is a {type(shape).__name__}, not a dict"
+        )
     kind = shape.get("name")
     try:
         if kind in ("polygon", "polyline"):
@@ -241,7 +251,10 @@ def _load_via(obj, root, json_path, class_attribute):
         h, w = _image_size(file_name)
         regions = entry.get("regions", [])
         if isinstance(regions, dict):  # VIA 1: {"0": region, ...}
-            order = sorted(regions, key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
+            order = sorted(
+                regions,
+                key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)),
+            )
             regions = [regions[k] for k in order]
         if not isinstance(regions, list):
             raise DatasetFormatError(
@@ -251,7 +264,9 @@ def _load_via(obj, root, json_path, class_attribute):
         for j, region in enumerate(regions):
             where = f"{json_path}: {entry['filename']} region {j}"
             if not isinstance(region, dict):
-                raise DatasetFormatError(f"{where}: a region is a {type(region).__name__}, not a dict")
+                raise DatasetFormatError(
+                    f"{where}: a region is a {type(region).__name__}, not a dict"
+                )
             poly = _via_polygon(region.get("shape_attributes"), where)
             finite = poly[np.isfinite(poly).all(1)]
             bbox = [*finite.min(0), *finite.max(0)] if len(finite) else [0.0, 0.0, 0.0, 0.0]
@@ -260,10 +275,14 @@ def _load_via(obj, root, json_path, class_attribute):
                     "segmentation": [poly.ravel().tolist()],
                     "bbox": [float(v) for v in bbox],
                     "bbox_mode": 0,
-                    "category_name": _via_class(region.get("region_attributes", {}), class_attribute, where),
+                    "category_name": _via_class(
+                        region.get("region_attributes", {}), class_attribute, where
+                    ),
                 }
             )
-        records.append({"file_name": file_name, "height": h, "width": w, "image_id": i, "annotations": annos})
+        records.append(
+            {"file_name": file_name, "height": h, "width": w, "image_id": i, "annotations": annos}
+        )
     return records
 
 
@@ -328,7 +347,9 @@ def assign_category_ids(splits, class_names=None, merge_classes=None):
     for recs in splits:
         for r in recs:
             for a in r["annotations"]:
-                a["category_id"] = 0 if merge_classes else index.get(_class_key(a["category_name"]), -1)
+                a["category_id"] = (
+                    0 if merge_classes else index.get(_class_key(a["category_name"]), -1)
+                )
     return names
 
 
@@ -365,12 +386,24 @@ def write_dataset(root, split, records, class_names, fmt):
                         "region_attributes": {"object_name": class_names[a["category_id"]]},
                     }
                 )
-            out[f"{r['file_name']}{size}"] = {"filename": r["file_name"], "size": size, "regions": regions, "file_attributes": {}}
+            out[f"{r['file_name']}{size}"] = {
+                "filename": r["file_name"],
+                "size": size,
+                "regions": regions,
+                "file_attributes": {},
+            }
         path = os.path.join(root, split, "via_region_data.json")
     elif fmt == "coco":
         images, annos = [], []
         for r in records:
-            images.append({"id": r["image_id"], "file_name": f"{split}/{r['file_name']}", "height": r["height"], "width": r["width"]})
+            images.append(
+                {
+                    "id": r["image_id"],
+                    "file_name": f"{split}/{r['file_name']}",
+                    "height": r["height"],
+                    "width": r["width"],
+                }
+            )
             for a in r["annotations"]:
                 x0, y0, x1, y1 = a["bbox"]
                 xy = np.asarray(a["segmentation"][0]).reshape(-1, 2)
@@ -394,7 +427,13 @@ def write_dataset(root, split, records, class_names, fmt):
         path = os.path.join(root, f"{os.path.basename(os.path.normpath(root))}_{split}.json")
     elif fmt == "detectron2":
         out = [
-            dict(r, file_name=f"{split}/{r['file_name']}", annotations=[dict(a, category_name=class_names[a["category_id"]]) for a in r["annotations"]])
+            dict(
+                r,
+                file_name=f"{split}/{r['file_name']}",
+                annotations=[
+                    dict(a, category_name=class_names[a["category_id"]]) for a in r["annotations"]
+                ],
+            )
             for r in records
         ]
         path = os.path.join(root, f"dataset_{split}.json")

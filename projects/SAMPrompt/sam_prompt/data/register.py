@@ -170,8 +170,12 @@ def register_dataset(
                 "Fix the data (tools/check_dataset.py lists everything), or set "
                 "DATASETS.SKIP_INVALID True to skip these records."
             )
-        checked[split] = _drop_invalid(d.records, problems, f"{name}_{split}") if problems else d.records
-    logger.info(f"Checked {name}: {sum(len(r) for r in checked.values())} images decoded in {time.time() - start:.1f} s")
+        checked[split] = (
+            _drop_invalid(d.records, problems, f"{name}_{split}") if problems else d.records
+        )
+    logger.info(
+        f"Checked {name}: {sum(len(r) for r in checked.values())} images decoded in {time.time() - start:.1f} s"
+    )
 
     if "all" in checked:
         records = checked["all"]

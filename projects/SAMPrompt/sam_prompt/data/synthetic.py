@@ -83,7 +83,9 @@ def _render(rng, spec, cells):
     wet_canvas = Image.new("F", (s, s), 0.0)
     draw, wet_draw = ImageDraw.Draw(canvas), ImageDraw.Draw(wet_canvas)
     for poly, cls in cells:
-        draw.polygon([tuple(p) for p in np.asarray(poly.exterior.coords)], fill=1.0 if cls == 0 else 0.4)
+        draw.polygon(
+            [tuple(p) for p in np.asarray(poly.exterior.coords)], fill=1.0 if cls == 0 else 0.4
+        )
         if cls == 1:  # lowcenter: a wet centre
             r = np.sqrt(poly.area / np.pi)
             centre = poly.buffer(-0.35 * r)

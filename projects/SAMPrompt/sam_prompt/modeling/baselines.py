@@ -28,7 +28,9 @@ class _PromptBoxBaseline(nn.Module):
 
     def forward(self, batched_inputs):
         if self.training:
-            raise RuntimeError(f"{type(self).__name__} has nothing to train; use it for evaluation only")
+            raise RuntimeError(
+                f"{type(self).__name__} has nothing to train; use it for evaluation only"
+            )
         results = []
         for x in batched_inputs:
             in_h, in_w = x["image"].shape[-2:]

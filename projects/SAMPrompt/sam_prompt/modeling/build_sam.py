@@ -66,7 +66,9 @@ def build_sam(
 ):
     """Build a randomly initialised :class:`segment_anything.modeling.Sam`."""
     if image_size % patch_size:
-        raise ValueError(f"SAM image size {image_size} is not a multiple of patch size {patch_size}")
+        raise ValueError(
+            f"SAM image size {image_size} is not a multiple of patch size {patch_size}"
+        )
     if any(not 0 <= i < depth for i in global_attn_indexes):
         raise ValueError(f"global attention indexes {global_attn_indexes} outside [0, {depth})")
     embedding_size = image_size // patch_size
@@ -124,14 +126,16 @@ def load_sam_checkpoint(sam, path):
         with PathManager.open(path, "rb") as f:
             state = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"SAM checkpoint not found: {path} (MODEL.SAM.CHECKPOINT)") from None
+        raise FileNotFoundError(
+            f"SAM checkpoint not found: {path} (MODEL.SAM.CHECKPOINT)"
+        ) from None
     except Exception as e:
         raise RuntimeError(f"Cannot read SAM checkpoint {path}: {e}") from e
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise RuntimeError(f"SAM checkpoint {path} does not hold a state dict")
-    state = {(k[len("sam."):] if k.startswith("sam.") else k): v for k, v in state.items()}
+    state = {(k[len("sam.") :] if k.startswith("sam.") else k): v for k, v in state.items()}
     # pixel_mean/pixel_std are non-persistent buffers of Sam; some exports include them anyway.
     state = {k: v for k, v in state.items() if k not in ("pixel_mean", "pixel_std")}
 

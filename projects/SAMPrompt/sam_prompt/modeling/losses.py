@@ -44,7 +44,9 @@ def mask_losses(logits, iou_pred, targets, *, focal_alpha, focal_gamma, weights,
         gt = targets > 0.5
         inter = (pred & gt).flatten(-2).sum(-1)
         union = (pred | gt).flatten(-2).sum(-1)
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=logits.dtype))
+        iou = torch.where(
+            union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=logits.dtype)
+        )
     iou_mse = F.mse_loss(iou_pred.float(), iou.to(logits.dtype), reduction="none").mean(1)
     return torch.stack([w_focal * focal.sum(), w_dice * dice.sum(), w_iou * iou_mse.sum()])
 
@@ -74,7 +76,9 @@ class _ChunkedLoss(torch.autograd.Function):
             for chunk in chunks:
                 terms = loss_fn(emb, chunk)
                 if inputs and terms.requires_grad:
-                    for g, d in zip(grads, torch.autograd.grad(terms.sum(), inputs, allow_unused=True)):
+                    for g, d in zip(
+                        grads, torch.autograd.grad(terms.sum(), inputs, allow_unused=True)
+                    ):
                         if d is not None:
                             g += d
                 terms = terms.detach()

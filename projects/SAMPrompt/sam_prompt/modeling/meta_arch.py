@@ -90,7 +90,9 @@ class SAMPrompt(nn.Module):
             for p in getattr(self.sam, part).parameters():
                 p.requires_grad_(False)
         if score_mode not in ("detector", "detector_x_iou"):
-            raise ValueError(f"MODEL.SAM.DETECTOR.SCORE_MODE={score_mode!r}: detector or detector_x_iou")
+            raise ValueError(
+                f"MODEL.SAM.DETECTOR.SCORE_MODE={score_mode!r}: detector or detector_x_iou"
+            )
         self.score_mode = score_mode
 
     @classmethod
@@ -251,7 +253,9 @@ class SAMPrompt(nn.Module):
 
     def _chunk_loss(self, embeddings, chunk):
         b, boxes, points, targets = chunk
-        logits, iou_pred = self._decode(embeddings[b : b + 1], boxes, points, self._multimask(points))
+        logits, iou_pred = self._decode(
+            embeddings[b : b + 1], boxes, points, self._multimask(points)
+        )
         # Targets cover the unpadded image on the decoder's grid.
         gh, gw = targets.shape[-2:]
         return mask_losses(
@@ -290,7 +294,9 @@ class SAMPrompt(nn.Module):
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
             if inst.has("prompt_scores"):  # prompted by a detector: rank by its confidence
                 prompt_scores = inst.prompt_scores.to(self.device)
-                scores = prompt_scores * scores if self.score_mode == "detector_x_iou" else prompt_scores
+                scores = (
+                    prompt_scores * scores if self.score_mode == "detector_x_iou" else prompt_scores
+                )
             result = Instances((out_h, out_w))
             result.pred_masks = masks
             result.pred_boxes = BitMasks(masks).get_bounding_boxes().to(self.device)
@@ -331,7 +337,9 @@ class DetectorPromptedSAM(SAMPrompt):
         from ..detections import build_detector
 
         if validate_prompt_source(cfg) != "detector":
-            raise ValueError("DetectorPromptedSAM needs MODEL.SAM.PROMPT.SOURCE detector and MODEL.SAM.DETECTOR.CONFIG_FILE")
+            raise ValueError(
+                "DetectorPromptedSAM needs MODEL.SAM.PROMPT.SOURCE detector and MODEL.SAM.DETECTOR.CONFIG_FILE"
+            )
         det = cfg.MODEL.SAM.DETECTOR
         args = super().from_config(cfg)
         args["detector"] = build_detector(det.CONFIG_FILE, det.WEIGHTS, cfg.MODEL.DEVICE)

@@ -41,14 +41,18 @@ class TimmBackbone(Backbone):
         kwargs = {"img_size": img_size} if img_size else {}
         if pretrained_file:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": pretrained_file})
-        self.model = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), **kwargs)
+        self.model = timm.create_model(
+            name, features_only=True, out_indices=tuple(out_indices), **kwargs
+        )
         self.img_size = img_size
         info = self.model.feature_info
         self._out_features, self._out_feature_strides, self._out_feature_channels = [], {}, {}
         for stride, channels in zip(info.reduction(), info.channels()):
             level = int(round(math.log2(stride)))
             if 2**level != stride:
-                raise ValueError(f"timm model {name}: feature stride {stride} is not a power of two")
+                raise ValueError(
+                    f"timm model {name}: feature stride {stride} is not a power of two"
+                )
             feature = f"res{level}"
             self._out_features.append(feature)
             self._out_feature_strides[feature] = stride
@@ -101,7 +105,9 @@ class TimmBackbone(Backbone):
 
     def output_shape(self):
         return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+            n: ShapeSpec(
+                channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]
+            )
             for n in self._out_features
         }
 
