@@ -17,6 +17,7 @@ setup(
     install_requires=[
         "segment-anything>=1.0",
         "pycocotools>=2.0.6",
+        "faster-coco-eval>=1.6",  # C++ COCOeval when detectron2's compiled ops are missing
         "fvcore",
         "iopath",
         "timm>=1.0.3",

@@ -377,7 +377,7 @@ def test_resume_skips_broken_checkpoints(tmp_path, sam_log):
 @pytest.mark.parametrize(
     "kind, evaluator",
     [
-        ("coco", "COCOEvaluator"),
+        ("coco", "SAMCOCOEvaluator"),
         ("lvis", "LVISEvaluator"),
         ("sem_seg", "SemSegEvaluator"),
         ("coco_panoptic_seg", "DatasetEvaluators"),
@@ -426,6 +426,6 @@ def test_stock_detectron2_config_gets_detectron2s_evaluators(tmp_path, kind, eva
     if kind == "coco_panoptic_seg":
         assert [type(e).__name__ for e in ev._evaluators] == [
             "SemSegEvaluator",
-            "COCOEvaluator",
+            "SAMCOCOEvaluator",
             "COCOPanopticEvaluator",
         ]

@@ -27,11 +27,9 @@ def _register(name, records):
     MetadataCatalog.get(name).set(thing_classes=["a", "b"])
 
 
-def _evaluate_baseline(name, out):
-    cfg = tiny_cfg(
-        MODEL__META_ARCHITECTURE="FilledPromptBox", DATASETS__TEST=(name,), OUTPUT_DIR=out
-    )
-    return Trainer.test(cfg, build_model(cfg))
+def _evaluate_baseline(name, out, arch="FilledPromptBox", evaluator=None):
+    cfg = tiny_cfg(MODEL__META_ARCHITECTURE=arch, DATASETS__TEST=(name,), OUTPUT_DIR=out)
+    return Trainer.test(cfg, build_model(cfg), evaluators=evaluator and [evaluator(cfg, name)])
 
 
 def test_filled_box_is_perfect_on_rectangles(tmp_path):
@@ -53,6 +51,47 @@ def test_filled_box_is_poor_on_ellipses(tmp_path):
     res = _evaluate_baseline("ellipses", str(tmp_path / "out"))
     assert res["segm"]["AP50"] == pytest.approx(100.0)
     assert res["segm"]["AP"] == pytest.approx(60.0, abs=0.5)  # 6 of 10 IoU thresholds
+
+
+@pytest.mark.parametrize(
+    "shape, expected_ap",
+    [
+        (lambda: polygon_ellipse(80, 80, 50, 40, 64), 100.0),  # the ellipse of its own box
+        (lambda: rect(30, 40, 130, 120), 60.0),  # pi/4 of the box: IoU 0.785, 6 of 10 thresholds
+    ],
+)
+def test_inscribed_ellipse_known_answers(tmp_path, shape, expected_ap):
+    _register("ellipse_case", [shapes_image(str(tmp_path / "e.png"), [(shape(), 0)])])
+    res = _evaluate_baseline("ellipse_case", str(tmp_path / "out"), arch="InscribedEllipse")
+    assert res["segm"]["AP"] == pytest.approx(expected_ap, abs=0.5)
+
+
+def test_faster_coco_eval_gives_pycocotools_ap(tmp_path):
+    from sam_prompt.engine import coco_evaluator
+    from sam_prompt.evaluation import SAMCOCOEvaluator
+
+    shapes = [
+        (polygon_ellipse(40 + 60 * i, 60 + 20 * (i % 2), 12 + 6 * i, 10 + 3 * i, 40), i % 2)
+        for i in range(4)
+    ]
+    recs = [shapes_image(str(tmp_path / f"{k}.png"), shapes, seed=k) for k in range(2)]
+    for k, r in enumerate(recs):
+        r["image_id"] = k  # numeric ids, as COCO files have (string ids fall back to pycocotools)
+    _register("fce_case", recs)
+    results = {}
+    for fast in (True, False):
+
+        def make(cfg, name, fast=fast):
+            ev = coco_evaluator(cfg, name, str(tmp_path / f"out{fast}"))
+            assert isinstance(ev, SAMCOCOEvaluator)
+            ev._use_faster_coco_eval = fast
+            return ev
+
+        results[fast] = _evaluate_baseline("fce_case", str(tmp_path / "o"), "FilledPromptBox", make)
+    for task in ("segm", "bbox"):
+        for k, v in results[False][task].items():
+            assert results[True][task][k] == pytest.approx(v, abs=0.01, nan_ok=True), (task, k)
+    assert 0 < results[True]["segm"]["AP"] < 100
 
 
 def test_visualize_from_results_json(tmp_path):

@@ -1,18 +1,22 @@
 #!/usr/bin/env python
 """
-One table, one dataset, one budget: does fine-tuned SAM beat a supervised detector, and does SAM
-refine a detector's masks? Trains and evaluates (COCOEvaluator, the same for every row):
+One table, one dataset, one CPU budget: does fine-tuned SAM beat a supervised detector, does SAM
+refine a detector's masks, and does it beat trivial masks drawn from the prompt box? Trains and
+evaluates (COCOEvaluator, the same for every row):
 
   1. Mask R-CNN with an MViTv2 backbone (no prompts at test time);
   2. SAM fine-tuned with ground-truth box prompts;
   3. SAM fine-tuned with ground-truth point prompts;
   4. SAM of row 2 prompted by the boxes of row 1 (no ground truth at test time);
-  5. the filled prompt box (ground-truth boxes; a trivial floor).
+  5. the filled prompt box and 6. the ellipse inscribed in it (ground-truth boxes; trivial floors).
 
-    python tools/compare.py --dataset iwp_synthetic [--data-root data] [--output output/compare]
-        [--maskrcnn-config ...] [--sam-config ...] [--maskrcnn-iters N] [--sam-iters N]
+    python tools/compare.py --dataset iwp-val --data-root ../shared/data [--output output/compare]
+        [--maskrcnn-config ...] [--sam-config ...] [--maskrcnn-iters N] [--sam-iters N] [KEY VALUE ...]
 
-Each run lives in its own folder under --output and is reused (or resumed) when run again.
+KEY VALUE overrides apply to every row (e.g. DATASETS.SKIP_INVALID True). Each run lives in its
+own folder under --output and is reused (or resumed) when run again; the table gives the training
+time of each row (summed over resumed runs). AP and AP75 come first: with ground-truth boxes as
+prompts AP50 is near 100 for any mask that roughly fills its box.
 """
 
 import argparse
@@ -35,7 +39,7 @@ from sam_prompt.engine import Trainer, register_cfg_datasets, train_and_test  # 
 CONFIGS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "projects", "SAMPrompt", "configs"
 )
-METRICS = ("AP", "AP50", "AP75")
+METRICS = ("AP", "AP75", "AP50")
 
 
 def make_cfg(config_file, args, out, *opts):
@@ -67,9 +71,10 @@ def main(argv=None):
     parser.add_argument(
         "--maskrcnn-config", default=os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml")
     )
-    parser.add_argument("--sam-config", default=os.path.join(CONFIGS, "sam_demo_cpu.yaml"))
+    parser.add_argument("--sam-config", default=os.path.join(CONFIGS, "sam_small_cpu.yaml"))
     parser.add_argument("--maskrcnn-iters", type=int, default=250)
-    parser.add_argument("--sam-iters", type=int, default=1000)
+    parser.add_argument("--sam-iters", type=int, default=600)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every row")
     args = parser.parse_args(argv)
     start = time.time()
     setup_logger(name="sam_prompt")
@@ -77,43 +82,46 @@ def main(argv=None):
 
     rows = []
 
-    def record(name, prompts, results):
-        rows.append((name, prompts, {k: results["segm"][k] for k in METRICS}))
+    def record(name, prompts, results, seconds=None):
+        rows.append((name, prompts, seconds, {k: results["segm"][k] for k in METRICS}))
         print(
             f"[compare] {name}: segm AP {results['segm']['AP']:.1f} ({time.time() - start:.0f} s)",
             flush=True,
         )
 
-    iters = lambda n: [
-        "SOLVER.MAX_ITER",
-        n,
-        "SOLVER.STEPS",
-        (int(n * 0.8),),
-        "SOLVER.CHECKPOINT_PERIOD",
-        max(n // 2, 1),
-    ]  # noqa: E731
+    def iters(n):
+        return [
+            "SOLVER.MAX_ITER",
+            n,
+            "SOLVER.STEPS",
+            (int(n * 0.8),),
+            "SOLVER.CHECKPOINT_PERIOD",
+            max(n // 2, 1),
+        ]
 
-    mrcnn = make_cfg(args.maskrcnn_config, args, "mask_rcnn", *iters(args.maskrcnn_iters))
+    def cfg(config_file, out, *opts):
+        return make_cfg(config_file, args, out, *opts, *args.opts)
+
+    mrcnn = cfg(args.maskrcnn_config, "mask_rcnn", *iters(args.maskrcnn_iters))
     register_cfg_datasets(mrcnn)
-    _, res = train_and_test(mrcnn)
-    record("Mask R-CNN (MViTv2)", "none", res)
+    _, res, secs = train_and_test(mrcnn)
+    record("Mask R-CNN (MViTv2)", "none", res, secs)
     detections = os.path.join(mrcnn.OUTPUT_DIR, "coco_instances_results.json")
 
-    sam_box = make_cfg(
-        args.sam_config, args, "sam_box", "MODEL.SAM.PROMPT.TYPE", "box", *iters(args.sam_iters)
+    sam_box = cfg(
+        args.sam_config, "sam_box", "MODEL.SAM.PROMPT.TYPE", "box", *iters(args.sam_iters)
     )
-    box_model, res = train_and_test(sam_box)
-    record("SAM, box prompts", "ground-truth boxes", res)
+    box_model, res, secs = train_and_test(sam_box)
+    record("SAM, box prompts", "ground-truth boxes", res, secs)
 
-    sam_point = make_cfg(
-        args.sam_config, args, "sam_point", "MODEL.SAM.PROMPT.TYPE", "point", *iters(args.sam_iters)
+    sam_point = cfg(
+        args.sam_config, "sam_point", "MODEL.SAM.PROMPT.TYPE", "point", *iters(args.sam_iters)
     )
-    _, res = train_and_test(sam_point)
-    record("SAM, point prompts", "ground-truth points", res)
+    _, res, secs = train_and_test(sam_point)
+    record("SAM, point prompts", "ground-truth points", res, secs)
 
-    sam_det = make_cfg(
+    sam_det = cfg(
         args.sam_config,
-        args,
         "sam_detector",
         "MODEL.SAM.PROMPT.TYPE",
         "box",
@@ -124,26 +132,34 @@ def main(argv=None):
     )
     record("SAM prompted by Mask R-CNN", "detector boxes", Trainer.test(sam_det, box_model))
 
-    box = make_cfg(
-        args.sam_config, args, "filled_box", "MODEL.META_ARCHITECTURE", "FilledPromptBox"
-    )
-    record(
-        "filled prompt box (trivial)",
-        "ground-truth boxes",
-        Trainer.test(box, Trainer.build_model(box)),
-    )
+    for arch, name in (
+        ("FilledPromptBox", "filled prompt box"),
+        ("InscribedEllipse", "ellipse in prompt box"),
+    ):
+        base = cfg(args.sam_config, arch, "MODEL.META_ARCHITECTURE", arch)
+        record(
+            f"{name} (trivial)", "ground-truth boxes", Trainer.test(base, Trainer.build_model(base))
+        )
 
+    header = ["method", "prompts at test time", "train+eval s", *METRICS]
     lines = [
         f"segm AP on {args.dataset}_test (COCOEvaluator; Mask R-CNN {args.maskrcnn_iters} iterations, "
-        f"SAM {args.sam_iters} iterations; {time.time() - start:.0f} s)",
-        f"| {'method':<28} | {'prompts at test time':<20} | {'AP':>5} | {'AP50':>5} | {'AP75':>5} |",
-        f"|{'-' * 30}|{'-' * 22}|{'-' * 7}|{'-' * 7}|{'-' * 7}|",
+        f"SAM {args.sam_iters} iterations; {time.time() - start:.0f} s in all)",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
     ]
-    fmt = lambda v: "-" if math.isnan(v) else f"{v:.1f}"  # noqa: E731  (nan: no predictions at all)
-    for name, prompts, m in rows:
-        lines.append(
-            f"| {name:<28} | {prompts:<20} | {fmt(m['AP']):>5} | {fmt(m['AP50']):>5} | {fmt(m['AP75']):>5} |"
-        )
+
+    def fmt(v):  # nan: no predictions at all
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
+
+    for name, prompts, secs, m in rows:
+        cells = [
+            name,
+            prompts,
+            "-" if secs is None else f"{secs:.0f}",
+            *(fmt(m[k]) for k in METRICS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(args.output, exist_ok=True)
@@ -153,8 +169,13 @@ def main(argv=None):
         clean = lambda v: None if math.isnan(v) else v  # noqa: E731
         json.dump(
             [
-                {"method": n, "prompts": p, **{k: clean(v) for k, v in m.items()}}
-                for n, p, m in rows
+                {
+                    "method": n,
+                    "prompts": p,
+                    "train_seconds": t,
+                    **{k: clean(v) for k, v in m.items()},
+                }
+                for n, p, t, m in rows
             ],
             f,
             indent=1,

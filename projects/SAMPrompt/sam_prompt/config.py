@@ -102,6 +102,10 @@ def add_sam_config(cfg):
     # Sigmoid focal loss parameters (alpha < 0 disables the class balancing term).
     _C.MODEL.SAM.LOSS.FOCAL_ALPHA = 0.25
     _C.MODEL.SAM.LOSS.FOCAL_GAMMA = 2.0
+    # Pixels the focal loss of an instance is averaged over: "image" (every pixel, as SAM) or
+    # "box" (its box grown by half its size each side), which keeps objects that cover a tiny
+    # share of the image from being outweighed by its background.
+    _C.MODEL.SAM.LOSS.FOCAL_REGION = "image"
 
     # Prompts decoded together. The mask decoder copies the image embedding once per prompt, so
     # this bounds memory; gradients of all chunks reach the image encoder. 0 = all prompts of an

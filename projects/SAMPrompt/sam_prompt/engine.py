@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import weakref
 
 import torch
@@ -19,7 +20,6 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluators,
     LVISEvaluator,
@@ -34,6 +34,7 @@ from detectron2.utils.logger import setup_logger
 from .checkpoint import SAMCheckpointer
 from .config import load_config
 from .data.register import register_dataset
+from .evaluation import SAMCOCOEvaluator, has_compiled_ops
 from .mapper import SAMDatasetMapper
 from .modeling import uses_prompts
 
@@ -50,25 +51,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def has_compiled_ops():
-    """Whether detectron2 was built with its C++/CUDA ops (e.g. the fast COCOeval)."""
-    try:
-        from detectron2 import _C
-    except ImportError:
-        return False
-    return hasattr(_C, "COCOevalEvaluateImages")
-
-
 def coco_evaluator(cfg, dataset_name, output_folder=None):
     """COCO evaluation of instance masks and boxes, as SAMPrompt's models are scored."""
     coco_ground_truth(dataset_name)
     # Boxes of SAMPrompt are computed from its predicted masks, so box AP is meaningful.
-    return COCOEvaluator(
+    return SAMCOCOEvaluator(
         dataset_name,
         tasks=("bbox", "segm"),
         distributed=True,
         output_dir=output_folder or cfg.OUTPUT_DIR,
-        use_fast_impl=has_compiled_ops(),
+        use_fast_impl=has_compiled_ops(),  # else faster-coco-eval, when installed
         # IWP tiles hold up to ~313 instances: COCO's default of 100 would cut recall.
         max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
     )
@@ -280,14 +272,26 @@ def train_and_test(cfg, resume=True):
     interrupted one continues); DefaultTrainer evaluates it on ``cfg.DATASETS.TEST`` at the end.
 
     Returns:
-        (model, results): results as returned by ``Trainer.test`` (task -> metric -> value).
+        (model, results, train_seconds): results as returned by ``Trainer.test`` (task -> metric
+        -> value); the wall time spent training, summed over the runs that resumed this one
+        (kept in OUTPUT_DIR/train_seconds.json).
     """
     if cfg.SEED >= 0:  # default_setup does this for train_net.py; other entry points come here
         seed_all_rng(cfg.SEED)
+    timing = os.path.join(cfg.OUTPUT_DIR, "train_seconds.json")
+    spent = 0.0
+    if resume and os.path.isfile(timing):
+        with open(timing) as f:
+            spent = json.load(f)["seconds"]
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
+    start = time.perf_counter()
     trainer.train()
+    spent += time.perf_counter() - start
+    if comm.is_main_process():
+        with open(timing, "w") as f:
+            json.dump({"seconds": spent}, f)
     # DefaultTrainer keeps the results of its final evaluation (it returns them only when
     # TEST.EXPECTED_RESULTS is set); evaluate here when it did not run one.
     results = getattr(trainer, "_last_eval_results", None)
-    return trainer.model, results or Trainer.test(cfg, trainer.model)
+    return trainer.model, results or Trainer.test(cfg, trainer.model), spent

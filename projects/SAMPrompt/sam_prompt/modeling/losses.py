@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-__all__ = ["mask_losses", "chunked_loss"]
+__all__ = ["mask_losses", "chunked_loss", "box_region"]
 
 
 def dice_loss(logits, targets):
@@ -14,7 +14,28 @@ def dice_loss(logits, targets):
     return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
 
 
-def mask_losses(logits, iou_pred, targets, *, focal_alpha, focal_gamma, weights, threshold):
+def box_region(targets, margin=0.5, min_margin=2):
+    """
+    Pixels near each target: its box grown by ``margin`` x its side on each side (at least
+    ``min_margin`` pixels). targets: (N, H, W) -> bool (N, H, W); an empty target gives all pixels.
+    """
+    n, h, w = targets.shape
+
+    def span(occupied, length):  # (N, L) bool -> inside (N, L)
+        first = occupied.float().argmax(-1)
+        last = length - 1 - occupied.flip(-1).float().argmax(-1)
+        grow = ((last - first + 1) * margin).clamp(min=min_margin)
+        idx = torch.arange(length, device=targets.device)[None]
+        inside = (idx >= (first - grow)[:, None]) & (idx <= (last + grow)[:, None])
+        return inside | ~occupied.any(-1, keepdim=True)
+
+    t = targets > 0.5
+    return span(t.any(-1), h)[:, :, None] & span(t.any(-2), w)[:, None, :]
+
+
+def mask_losses(
+    logits, iou_pred, targets, *, focal_alpha, focal_gamma, weights, threshold, focal_region="image"
+):
     """
     SAM's training losses, summed over instances (callers divide by the instance count).
 
@@ -25,15 +46,23 @@ def mask_losses(logits, iou_pred, targets, *, focal_alpha, focal_gamma, weights,
         focal_alpha, focal_gamma (float): sigmoid focal loss parameters.
         weights (tuple[float, float, float]): focal, dice and IoU weights.
         threshold (float): logit threshold of a foreground pixel (for the true IoU).
+        focal_region (str): pixels the focal loss is averaged over: "image" (all, as SAM) or
+            "box" (the object's box grown by half its size each side: small objects are then not
+            outweighed by the background of the whole image).
 
     Returns:
         Tensor[3]: weighted sums over instances of focal, dice and IoU-MSE losses. With K > 1 the
         mask losses use the candidate of lowest loss (SAM paper); the IoU head learns all K.
     """
     logits = logits.float()
+    region = box_region(targets) if focal_region == "box" else None
     targets = targets.to(logits.dtype)[:, None].expand_as(logits)
     focal = sigmoid_focal_loss(logits, targets, alpha=focal_alpha, gamma=focal_gamma)
-    focal = focal.flatten(-2).mean(-1)  # (N, K)
+    if region is None:
+        focal = focal.flatten(-2).mean(-1)  # (N, K)
+    else:
+        region = region[:, None].to(focal.dtype)
+        focal = (focal * region).flatten(-2).sum(-1) / region.flatten(-2).sum(-1)
     dice = dice_loss(logits, targets)
     w_focal, w_dice, w_iou = weights
     if logits.shape[1] > 1:

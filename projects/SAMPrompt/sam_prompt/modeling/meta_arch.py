@@ -6,6 +6,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import BitMasks, Instances
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 from torch import nn
 
 from ..prompts import prompt_instances, validate_prompt_source
@@ -48,9 +50,11 @@ class SAMPrompt(nn.Module):
         loss_weights=(20.0, 1.0, 1.0),
         focal_alpha=0.25,
         focal_gamma=2.0,
+        focal_region="image",
         prompts_per_chunk=32,
         max_instances_per_image=0,
         mask_threshold=0.0,
+        warmup_iters=0,
         freeze=(),
         score_mode="detector",
     ):
@@ -62,9 +66,12 @@ class SAMPrompt(nn.Module):
             multimask_for_single_point (bool): see ``MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT``.
             loss_weights (tuple[float]): focal, dice, IoU-MSE.
             focal_alpha, focal_gamma (float):
+            focal_region (str): see ``MODEL.SAM.LOSS.FOCAL_REGION``.
             prompts_per_chunk (int): prompts decoded together; <= 0 means all of an image's.
             max_instances_per_image (int): training cap, random subset; <= 0 means no cap.
             mask_threshold (float): logit threshold of foreground pixels.
+            warmup_iters (int): after these training iterations, a share of empty predicted
+                masks that stays above one half is warned about (a collapsed model).
             freeze (iterable[str]): names of SAM parts kept fixed: "image_encoder",
                 "prompt_encoder", "mask_decoder".
             score_mode (str): score of masks whose prompts carry ``prompt_scores`` (a
@@ -83,9 +90,17 @@ class SAMPrompt(nn.Module):
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        if focal_region not in ("image", "box"):
+            raise ValueError(
+                f"MODEL.SAM.LOSS.FOCAL_REGION={focal_region!r}: expected 'image' or 'box'"
+            )
+        self.focal_region = focal_region
         self.prompts_per_chunk = prompts_per_chunk
         self.max_instances_per_image = max_instances_per_image
         self.mask_threshold = mask_threshold
+        self.warmup_iters = warmup_iters
+        self._empty_masks = 0  # predicted masks with no pixel, counted during one forward
+        self._empty_share_ema = None
         for part in freeze:
             for p in getattr(self.sam, part).parameters():
                 p.requires_grad_(False)
@@ -124,9 +139,11 @@ class SAMPrompt(nn.Module):
             "loss_weights": (s.LOSS.FOCAL_WEIGHT, s.LOSS.DICE_WEIGHT, s.LOSS.IOU_WEIGHT),
             "focal_alpha": s.LOSS.FOCAL_ALPHA,
             "focal_gamma": s.LOSS.FOCAL_GAMMA,
+            "focal_region": s.LOSS.FOCAL_REGION,
             "prompts_per_chunk": s.PROMPTS_PER_CHUNK,
             "max_instances_per_image": s.MAX_INSTANCES_PER_IMAGE,
             "mask_threshold": s.MASK_THRESHOLD,
+            "warmup_iters": cfg.SOLVER.WARMUP_ITERS,
             "freeze": freeze,
         }
 
@@ -248,8 +265,29 @@ class SAMPrompt(nn.Module):
             zero = sum(p.sum() for p in params) * 0.0 + embeddings.sum() * 0.0
             terms = torch.stack([zero] * 3)
         else:
+            self._empty_masks = 0
             terms = chunked_loss(self._chunk_loss, chunks, embeddings, params) / num_instances
+            self._report_empty_masks(self._empty_masks / num_instances)
         return {"loss_mask_focal": terms[0], "loss_mask_dice": terms[1], "loss_iou": terms[2]}
+
+    def _report_empty_masks(self, share):
+        """Log the share of empty predicted masks (``sam/empty_mask_share``); warn on collapse."""
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # called outside a trainer
+            return
+        storage.put_scalar("sam/empty_mask_share", share)
+        ema = self._empty_share_ema
+        self._empty_share_ema = share if ema is None else 0.9 * ema + 0.1 * share
+        if storage.iter >= self.warmup_iters and self._empty_share_ema > 0.5:
+            log_every_n_seconds(
+                logging.WARNING,
+                f"{self._empty_share_ema:.0%} of the predicted training masks are empty at iteration "
+                f"{storage.iter} (after warm-up): the model is collapsing to empty masks. Lower "
+                "SOLVER.BASE_LR, start from pretrained weights, or use a finer embedding grid.",
+                n=60,
+                name=__name__,
+            )
 
     def _chunk_loss(self, embeddings, chunk):
         b, boxes, points, targets = chunk
@@ -258,6 +296,10 @@ class SAMPrompt(nn.Module):
         )
         # Targets cover the unpadded image on the decoder's grid.
         gh, gw = targets.shape[-2:]
+        with torch.no_grad():  # the mask inference would keep: empty ones mean collapse
+            pick = iou_pred.argmax(1)
+            kept = logits[torch.arange(len(pick), device=pick.device), pick, :gh, :gw]
+            self._empty_masks += int((kept <= self.mask_threshold).flatten(1).all(1).sum())
         return mask_losses(
             logits[..., :gh, :gw],
             iou_pred,
@@ -266,6 +308,7 @@ class SAMPrompt(nn.Module):
             focal_gamma=self.focal_gamma,
             weights=self.loss_weights,
             threshold=self.mask_threshold,
+            focal_region=self.focal_region,
         )
 
     # ------------------------------------------------------------------------------------------
