@@ -27,5 +27,10 @@ setup(
         "tqdm",
         "opencv-python-headless",  # detectron2.utils.visualizer
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={
+        # tools/export_model.py --format onnx (export and its onnxruntime check)
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # what `make test` installs: the test runner and every optional path the tests cover
+        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+    },
 )

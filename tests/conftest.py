@@ -8,6 +8,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "projects", "SAMPrompt"))
+sys.path.append(os.path.join(HERE, "..", "tools"))  # entry points with a main(argv)
 
 
 @pytest.fixture(autouse=True, scope="session")

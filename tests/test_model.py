@@ -191,14 +191,46 @@ def test_instance_cap_limits_training_prompts(records):
     assert sum(seen) == 4 + 3 + 5  # images of 4, 3 and 40 instances
 
 
-def test_autocast_bf16_on_cpu(records):
-    model = build(MODEL__SAM__PROMPTS_PER_CHUNK=8)
-    model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model(mapped(records[:2]))
-    sum(losses.values()).backward()
-    assert all(torch.isfinite(v) for v in losses.values())
-    assert all(torch.isfinite(g).all() for g in _grads(model).values())
+def test_autocast_bf16_on_cpu_stays_close_to_fp32(records):
+    batch = mapped(records[:2])
+    out = {}
+    for amp in (False, True):
+        model = build(MODEL__SAM__PROMPTS_PER_CHUNK=3)
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            losses = model(batch)
+        sum(losses.values()).backward()
+        out[amp] = (torch.stack(list(losses.values())).detach(), _grads(model))
+    (l32, g32), (l16, g16) = out[False], out[True]
+    torch.testing.assert_close(l16, l32, rtol=0.05, atol=0.01)
+    for k in g32:  # bf16 keeps ~3 significant digits: gradients agree in direction and size
+        a, b = g16[k].flatten(), g32[k].flatten()
+        if b.norm() > 1e-6:
+            assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.95, k
+            assert 0.8 < a.norm() / b.norm() < 1.25, k
+
+
+def test_trainer_amp_on_cpu_runs_under_bf16_autocast(tmp_path):
+    from common import small_dataset
+
+    from sam_prompt.engine import MixedPrecisionTrainer, Trainer
+
+    name = small_dataset(tmp_path)
+    cfg = tiny_cfg(
+        DATASETS__TRAIN=(name,),
+        DATASETS__TEST=(),
+        OUTPUT_DIR=str(tmp_path / "o"),
+        SOLVER__MAX_ITER=3,
+        SOLVER__AMP__ENABLED=True,
+    )
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, MixedPrecisionTrainer)
+    dtypes = []
+    trainer.model.sam.mask_decoder.register_forward_hook(lambda m, i, o: dtypes.append(o[0].dtype))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 def test_unequal_loss_weights_downstream_are_refused(records):
@@ -250,3 +282,66 @@ def test_ddp_averages_gradients_of_chunked_loss(records, tmp_path):
         torch.testing.assert_close(g0[k], g1[k])
         scale = max(expected.abs().max().item(), 1e-3)
         assert (g0[k] - expected).abs().max().item() <= 1e-4 * scale + 1e-6, k
+
+
+# --- embedding cache ------------------------------------------------------------------------
+def _encoder_calls(model):
+    calls = []
+    model.sam.image_encoder.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    return calls
+
+
+@pytest.mark.parametrize("location", ["memory", "folder"])
+def test_embedding_cache_computes_each_embedding_once_and_exactly(records, tmp_path, location):
+    where = "memory" if location == "memory" else str(tmp_path / "cache")
+    frozen = dict(MODEL__SAM__FREEZE_IMAGE_ENCODER=True, MODEL__SAM__PROMPTS_PER_CHUNK=8)
+    batch = mapped(records, is_train=False)
+    plain = build(**frozen).eval()
+    cached = build(**frozen, MODEL__SAM__EMBEDDING_CACHE=where).eval()
+    calls = _encoder_calls(cached)
+    with torch.no_grad():
+        reference = [o["instances"] for o in plain(batch)]
+        first = [o["instances"] for o in cached(batch)]
+        second = [o["instances"] for o in cached(batch)]
+    assert sum(calls) == len(batch)  # the second pass encoded nothing
+    for a, b, c in zip(reference, first, second):
+        assert torch.equal(a.pred_masks, b.pred_masks) and torch.equal(b.pred_masks, c.pred_masks)
+        torch.testing.assert_close(a.scores, c.scores, rtol=0, atol=0)
+    # A flipped image is another key.
+    flipped = dict(batch[0], image=batch[0]["image"].flip(-1))
+    with torch.no_grad():
+        cached([flipped])
+    assert sum(calls) == len(batch) + 1
+    # New encoder weights: nothing cached before is re-used.
+    state = cached.state_dict()
+    state = {
+        k: (v + 0.01 if k.startswith("sam.image_encoder.") and v.is_floating_point() else v)
+        for k, v in state.items()
+    }
+    cached.load_state_dict(state)
+    with torch.no_grad():
+        cached(batch[:1])
+    assert sum(calls) == len(batch) + 2
+
+
+def test_embedding_cache_fp16_is_close_and_training_works(records):
+    frozen = dict(MODEL__SAM__FREEZE_IMAGE_ENCODER=True, MODEL__SAM__PROMPTS_PER_CHUNK=8)
+    model = build(
+        **frozen, MODEL__SAM__EMBEDDING_CACHE="memory", MODEL__SAM__EMBEDDING_CACHE_DTYPE="float16"
+    )
+    model.train()
+    batch = mapped(records)
+    first = model(batch)
+    second = model(batch)  # from the cache (stored in float16)
+    for k in first:
+        torch.testing.assert_close(first[k], second[k], rtol=2e-2, atol=2e-3)
+    sum(second.values()).backward()
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.sam.mask_decoder.parameters()
+    )
+    assert model.embedding_cache.hits == len(batch)
+
+
+def test_embedding_cache_refused_for_a_trained_encoder():
+    with pytest.raises(ValueError, match="FREEZE_IMAGE_ENCODER"):
+        build(MODEL__SAM__EMBEDDING_CACHE="memory")

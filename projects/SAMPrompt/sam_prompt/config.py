@@ -89,6 +89,14 @@ def add_sam_config(cfg):
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False
     _C.MODEL.SAM.FREEZE_PROMPT_ENCODER = False
     _C.MODEL.SAM.FREEZE_MASK_DECODER = False
+    # With a frozen image encoder, compute each image embedding once: "" (off), "memory", or a
+    # folder (kept across runs). Keyed by the encoder input (a flipped image is another key) and a
+    # digest of the encoder weights, so never stale. Refused when the encoder is trained.
+    _C.MODEL.SAM.EMBEDDING_CACHE = ""
+    # Storage type of cached embeddings: "float32" (exact) or "float16" (half the memory).
+    _C.MODEL.SAM.EMBEDDING_CACHE_DTYPE = "float32"
+    # Memory cache: least recently used embeddings are dropped beyond this size.
+    _C.MODEL.SAM.EMBEDDING_CACHE_MAX_GB = 4.0
 
     # With a single point prompt SAM is ambiguous: predict three masks, train on the one with the
     # lowest loss and, at inference, keep the one with the highest predicted IoU (SAM paper).
@@ -137,6 +145,9 @@ def add_sam_config(cfg):
     # is the test split. 0 = both splits are all images (development only; warned).
     _C.DATASETS.TEST_FRACTION = 0.2
 
+    # Autocast dtype of SOLVER.AMP.ENABLED: "auto" (bfloat16 on the CPU, float16 with a gradient
+    # scaler on CUDA), "bfloat16" or "float16" (CUDA only).
+    _C.SOLVER.AMP.PRECISION = "auto"
     # "SGD" (Detectron2's default) or "ADAMW" (what SAM was trained with).
     _C.SOLVER.OPTIMIZER = "ADAMW"
 

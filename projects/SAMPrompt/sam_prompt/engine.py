@@ -16,7 +16,13 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.engine import (
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    default_argument_parser,
+    default_setup,
+)
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
@@ -102,12 +108,72 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
+def amp_dtype(cfg):
+    """The autocast dtype of ``SOLVER.AMP.PRECISION`` ("auto": bfloat16 on the CPU, float16 on CUDA)."""
+    precision = cfg.SOLVER.AMP.PRECISION
+    if precision == "auto":
+        precision = "float16" if cfg.MODEL.DEVICE.startswith("cuda") else "bfloat16"
+    if precision not in ("float16", "bfloat16"):
+        raise ValueError(f"SOLVER.AMP.PRECISION={precision!r}: expected auto, float16 or bfloat16")
+    if precision == "float16" and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ValueError(
+            "SOLVER.AMP.PRECISION float16 needs CUDA; on the CPU use bfloat16 (or auto)"
+        )
+    return getattr(torch, precision)
+
+
+class MixedPrecisionTrainer(SimpleTrainer):
+    """
+    The training step under ``torch.autocast`` on the model's device: bfloat16 (CPU or CUDA) or
+    float16 with a gradient scaler (CUDA). Gradients are unscaled before the optimizer step, so
+    gradient clipping sees their true norm. Takes over a built SimpleTrainer's model, data and
+    optimizer (detectron2 v0.6's AMPTrainer runs on CUDA only).
+    """
+
+    def __init__(self, base, dtype, device_type):
+        TrainerBase.__init__(self)
+        self.model, self.data_loader, self.optimizer = base.model, base.data_loader, base.optimizer
+        self._data_loader_iter = base._data_loader_iter
+        self.dtype, self.device_type = dtype, device_type
+        self.grad_scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
+
+    def run_step(self):
+        assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.unscale_(self.optimizer)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def state_dict(self):
+        return dict(super().state_dict(), grad_scaler=self.grad_scaler.state_dict())
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
 class Trainer(DefaultTrainer):
     """
     DefaultTrainer with SAMPrompt's mapper (train and test) for models that take prompts, the
     evaluators of detectron2's own ``tools/train_net.py`` (COCO bbox + segm for SAMPrompt's
-    datasets), and checkpoints that refuse weights that do not fit (:class:`SAMCheckpointer`).
+    datasets), checkpoints that refuse weights that do not fit (:class:`SAMCheckpointer`), and
+    ``SOLVER.AMP.ENABLED`` on the CPU (bfloat16) as on CUDA (:class:`MixedPrecisionTrainer`).
     """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:
+            device_type = "cuda" if cfg.MODEL.DEVICE.startswith("cuda") else "cpu"
+            self._trainer = MixedPrecisionTrainer(self._trainer, amp_dtype(cfg), device_type)
 
     def build_hooks(self):
         # DefaultTrainer made a plain DetectionCheckpointer just before calling this; the

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..prompts import prompt_instances, validate_prompt_source
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
+from .embedding_cache import EmbeddingCache, module_digest
 from .losses import chunked_loss, mask_losses
 
 __all__ = ["SAMPrompt", "DetectorPromptedSAM"]
@@ -56,6 +57,7 @@ class SAMPrompt(nn.Module):
         mask_threshold=0.0,
         warmup_iters=0,
         freeze=(),
+        embedding_cache=None,
         score_mode="detector",
     ):
         """
@@ -74,6 +76,7 @@ class SAMPrompt(nn.Module):
                 masks that stays above one half is warned about (a collapsed model).
             freeze (iterable[str]): names of SAM parts kept fixed: "image_encoder",
                 "prompt_encoder", "mask_decoder".
+            embedding_cache (EmbeddingCache): re-use image embeddings (frozen encoder only).
             score_mode (str): score of masks whose prompts carry ``prompt_scores`` (a
                 detector's): "detector" (that score) or "detector_x_iou" (times SAM's predicted
                 IoU).
@@ -101,6 +104,15 @@ class SAMPrompt(nn.Module):
         self.warmup_iters = warmup_iters
         self._empty_masks = 0  # predicted masks with no pixel, counted during one forward
         self._empty_share_ema = None
+        if embedding_cache is not None and "image_encoder" not in freeze:
+            raise ValueError(
+                "MODEL.SAM.EMBEDDING_CACHE re-uses image embeddings, which is only right while the "
+                "image encoder does not change: set MODEL.SAM.FREEZE_IMAGE_ENCODER True, or turn "
+                "the cache off (MODEL.SAM.EMBEDDING_CACHE '')"
+            )
+        self.embedding_cache = embedding_cache
+        self._encoder_digest = None  # of the weights the cached embeddings were computed with
+        self.register_load_state_dict_post_hook(lambda module, keys: module._forget_digest())
         for part in freeze:
             for p in getattr(self.sam, part).parameters():
                 p.requires_grad_(False)
@@ -145,6 +157,7 @@ class SAMPrompt(nn.Module):
             "mask_threshold": s.MASK_THRESHOLD,
             "warmup_iters": cfg.SOLVER.WARMUP_ITERS,
             "freeze": freeze,
+            "embedding_cache": _embedding_cache_from_cfg(s),
         }
 
     @property
@@ -168,10 +181,33 @@ class SAMPrompt(nn.Module):
             dict[str, Tensor] in training, else list[dict] with "instances".
         """
         images = self.preprocess_image(batched_inputs)
-        embeddings = self.sam.image_encoder(images)
+        embeddings = self.encode(batched_inputs, images)
         if self.training:
             return self.losses(batched_inputs, embeddings)
         return self.inference(batched_inputs, embeddings)
+
+    def _forget_digest(self):
+        self._encoder_digest = None
+
+    def encode(self, batched_inputs, images):
+        """Image embeddings of the preprocessed ``images``, through the embedding cache if any."""
+        cache = self.embedding_cache
+        if cache is None:
+            return self.sam.image_encoder(images)
+        if self._encoder_digest is None:
+            self._encoder_digest = module_digest(self.sam.image_encoder)
+        keys = [
+            cache.key(x["image"], self.input_format, self._encoder_digest) for x in batched_inputs
+        ]
+        found = [cache.get(k) for k in keys]
+        missing = [i for i, e in enumerate(found) if e is None]
+        if missing:
+            with torch.no_grad():
+                computed = self.sam.image_encoder(images[missing])
+            for i, e in zip(missing, computed):
+                cache.put(keys[i], e)
+                found[i] = e
+        return torch.stack([e.to(self.device, torch.float32) for e in found])
 
     def preprocess_image(self, batched_inputs):
         """Normalise each image and pad it bottom-right to the encoder size: Tensor[B, 3, S, S]."""
@@ -347,6 +383,17 @@ class SAMPrompt(nn.Module):
             result.pred_classes = inst.prompt_classes.to(self.device)
             results.append({"instances": result})
         return results
+
+
+def _embedding_cache_from_cfg(s):
+    if not s.EMBEDDING_CACHE:
+        return None
+    dtype = {"float32": torch.float32, "float16": torch.float16}.get(s.EMBEDDING_CACHE_DTYPE)
+    if dtype is None:
+        raise ValueError(
+            f"MODEL.SAM.EMBEDDING_CACHE_DTYPE={s.EMBEDDING_CACHE_DTYPE!r}: float32 or float16"
+        )
+    return EmbeddingCache(s.EMBEDDING_CACHE, dtype, max_bytes=s.EMBEDDING_CACHE_MAX_GB * 2**30)
 
 
 @META_ARCH_REGISTRY.register()
