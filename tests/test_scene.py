@@ -24,6 +24,9 @@ PIXEL = 0.5
 TRANSFORM = from_origin(*ORIGIN, PIXEL, PIXEL)
 
 
+UTM6N = {"type": "name", "properties": {"name": "EPSG:32606"}}  # a GeoJSON 'crs' member
+
+
 def to_map(x, y):
     return ORIGIN[0] + x * PIXEL, ORIGIN[1] - y * PIXEL
 
@@ -236,7 +239,7 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
             }
         )
     prompts = tmp_path / "prompts.geojson"
-    prompts.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    prompts.write_text(json.dumps({"type": "FeatureCollection", "features": feats, "crs": UTM6N}))
     cfg = os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml")
     cmd = [
         sys.executable,
@@ -273,3 +276,240 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
         cmd[:-2], capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
     )
     assert proc.returncode != 0 and "needs prompts" in proc.stderr
+
+
+# --- scenes as they come --------------------------------------------------------------------
+class BoxModel:
+    """A prompted model whose mask is each prompt box, filled: shows where prompts land."""
+
+    needs_prompts = True
+    prompt_type = "box"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images, prompts):
+        self.calls += 1
+        out = []
+        for img, (boxes, _, classes) in zip(images, prompts):
+            h, w = img.shape[:2]
+            masks = torch.zeros((len(boxes), h, w), dtype=torch.bool)
+            for i, (x0, y0, x1, y1) in enumerate(np.round(boxes).astype(int)):
+                masks[i, max(y0, 0) : y1, max(x0, 0) : x1] = True
+            inst = Instances((h, w))
+            inst.pred_masks, inst.scores = masks, torch.ones(len(boxes))
+            inst.pred_classes = torch.as_tensor(classes)
+            out.append(inst)
+        return out
+
+
+def _box_prompts(path, crs_member=None, to_wgs84=False):
+    from rasterio.warp import transform_geom
+
+    feats = []
+    for (cx, cy), (rx, ry) in OBJECTS:
+        (x0, y0), (x1, y1) = to_map(cx - rx, cy - ry), to_map(cx + rx, cy + ry)
+        g = shapely.geometry.mapping(shapely.geometry.box(x0, y1, x1, y0))
+        if to_wgs84:
+            g = transform_geom("EPSG:32606", "EPSG:4326", g)
+        feats.append({"type": "Feature", "geometry": g, "properties": {"category_id": 0}})
+    obj = {"type": "FeatureCollection", "features": feats}
+    if crs_member:
+        obj["crs"] = crs_member
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_prompts_in_any_crs_are_reprojected(tmp_path):
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    utm = _box_prompts(tmp_path / "utm.geojson", crs_member=UTM6N)
+    wgs = _box_prompts(tmp_path / "wgs.geojson", to_wgs84=True)  # RFC 7946: no 'crs' member
+    a = predict_scene(
+        BoxModel(),
+        scene,
+        str(tmp_path / "a"),
+        tile_size=256,
+        overlap=64,
+        prompts_file=utm,
+        min_score=0,
+    )
+    b = predict_scene(
+        BoxModel(),
+        scene,
+        str(tmp_path / "b"),
+        tile_size=256,
+        overlap=64,
+        prompts_file=wgs,
+        min_score=0,
+    )
+    assert a["features"] == b["features"] == len(OBJECTS)
+    ga = sorted(
+        (shape(f["geometry"]) for f in _geojson(tmp_path / "a")["features"]), key=lambda g: g.bounds
+    )
+    gb = sorted(
+        (shape(f["geometry"]) for f in _geojson(tmp_path / "b")["features"]), key=lambda g: g.bounds
+    )
+    for x, y in zip(ga, gb):  # the same boxes, within a pixel of reprojection rounding
+        assert x.symmetric_difference(y).area < 0.05 * x.area
+    # UTM coordinates read as WGS84 (a GeoJSON without 'crs'): nowhere near the scene.
+    bad = _box_prompts(tmp_path / "bad.geojson")
+    with pytest.raises(SceneError, match="check the prompts' CRS"):
+        predict_scene(BoxModel(), scene, str(tmp_path / "c"), prompts_file=bad)
+    # Valid coordinates of another place: refused rather than giving 0 features.
+    far = json.loads(open(utm).read())
+    for f in far["features"]:
+        f["geometry"] = shapely.geometry.mapping(
+            shapely.affinity.translate(shape(f["geometry"]), 1e5)
+        )
+    (tmp_path / "far.geojson").write_text(json.dumps(far))
+    with pytest.raises(SceneError, match="none of the 4 prompts"):
+        predict_scene(
+            BoxModel(), scene, str(tmp_path / "d"), prompts_file=str(tmp_path / "far.geojson")
+        )
+
+
+def test_raster_with_transform_but_no_crs_refuses_map_prompts(tmp_path):
+    img = np.stack([_scene_array()] * 3)
+    with rasterio.open(
+        str(tmp_path / "scene.tif"),
+        "w",
+        driver="GTiff",
+        width=W,
+        height=H,
+        count=3,
+        dtype="uint8",
+        transform=TRANSFORM,
+    ) as dst:  # a geotransform, no CRS
+        dst.write(img.astype("uint8"))
+    scene = str(tmp_path / "scene.tif")
+    prompts = _box_prompts(tmp_path / "p.geojson", crs_member=UTM6N)
+    with pytest.raises(SceneError, match="geotransform but no CRS"):
+        predict_scene(BoxModel(), scene, str(tmp_path / "o"), prompts_file=prompts)
+
+
+def _write_raster(path, bands, dtype, nodata=None, colorinterp=None):
+    count, height, width = bands.shape
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
+        crs="EPSG:32606",
+        transform=TRANSFORM,
+        nodata=nodata,
+    ) as dst:
+        dst.write(bands.astype(dtype))
+        if colorinterp:
+            dst.colorinterp = colorinterp
+    return path
+
+
+def _scene_array(scale=1.0):
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.full((H, W), 60.0)
+    for (cx, cy), (rx, ry) in OBJECTS:
+        img[((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1] = 230
+    return img * scale
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint16", 65535), ("float32", float("nan"))])
+def test_nodata_is_excluded_from_stretch_and_predictions(tmp_path, dtype, nodata):
+    img = _scene_array(scale=10)  # a 16-bit sensor's values
+    img[:, 560:] = nodata  # a scene collar of nodata across the last object
+    path = _write_raster(
+        str(tmp_path / "s.tif"), np.stack([img] * 3), dtype, None if dtype == "float32" else nodata
+    )
+    model = OracleModel()
+    s = predict_scene(model, path, str(tmp_path / "o"), tile_size=256, overlap=64, min_score=0)
+    geoms = [shape(f["geometry"]) for f in _geojson(tmp_path / "o")["features"]]
+    assert s["features"] == len(OBJECTS) - 1  # the 4th object lies in the collar (x 575..625)
+    collar_x = to_map(560, 0)[0]
+    assert all(g.bounds[2] <= collar_x + PIXEL for g in geoms)  # nothing predicted into nodata
+    # The third object (x 340..560) reaches the collar: it is cut there, not extended into it.
+    assert max(g.bounds[2] for g in geoms) == pytest.approx(collar_x, abs=PIXEL)
+
+
+def test_tiles_without_data_skip_the_model(tmp_path):
+    img = _scene_array(scale=10)
+    img[:, 320:] = 65535  # the right half: every tile starting at x >= 384 is nodata
+    path = _write_raster(str(tmp_path / "s.tif"), np.stack([img] * 3), "uint16", 65535)
+    model = OracleModel()
+    s = predict_scene(model, path, str(tmp_path / "o"), tile_size=256, overlap=64, batch_size=1)
+    assert s["tiles_without_data"] == 6  # columns x0 = 384 and 444, three rows
+    assert model.calls == s["tiles"] - 6
+
+
+def test_bands_follow_the_colour_interpretation(tmp_path):
+    from rasterio.enums import ColorInterp as CI
+
+    red = _scene_array()
+    dark = np.full_like(red, 60)
+    bgrn = np.stack([dark, dark, red, dark])  # objects visible in the red band only
+    interp = [CI.blue, CI.green, CI.red, CI.undefined]
+    path = _write_raster(str(tmp_path / "bgrn.tif"), bgrn, "uint8", colorinterp=interp)
+    s = predict_scene(OracleModel(), path, str(tmp_path / "o"), tile_size=256, overlap=64)
+    assert s["features"] == len(OBJECTS)  # OracleModel looks at channel 0: red
+    s = predict_scene(
+        OracleModel(), path, str(tmp_path / "o2"), tile_size=256, overlap=64, bands=[1, 2, 3]
+    )
+    assert s["features"] == 0  # read as R,G,B = blue, green, red: channel 0 holds no object
+    with pytest.raises(SceneError, match="--bands"):
+        predict_scene(OracleModel(), path, str(tmp_path / "o3"), bands=[1, 2, 9])
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    predict_scene(
+        OracleModel(), scene, str(tmp_path / "o"), tile_size=256, overlap=64, model_id="model-a"
+    )
+    again = OracleModel()
+    predict_scene(again, scene, str(tmp_path / "o"), tile_size=256, overlap=64, model_id="model-a")
+    assert again.calls == 0  # finished: nothing run again
+    with pytest.raises(SceneError, match=r"other settings \(model differ\).*another --output"):
+        predict_scene(
+            OracleModel(), scene, str(tmp_path / "o"), tile_size=256, overlap=64, model_id="model-b"
+        )
+
+
+def test_model_digest_changes_with_the_weights(tmp_path):
+    from common import tiny_cfg
+
+    from sam_prompt.scene import model_digest
+
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"weights one")
+    a = model_digest(tiny_cfg(MODEL__WEIGHTS=str(w)))
+    assert a == model_digest(tiny_cfg(MODEL__WEIGHTS=str(w)))
+    w.write_bytes(b"weights two")
+    assert model_digest(tiny_cfg(MODEL__WEIGHTS=str(w))) != a
+    assert model_digest(tiny_cfg(MODEL__WEIGHTS=str(w), MODEL__SAM__MASK_THRESHOLD=1.0)) != a
+
+
+def test_unwritable_output_is_one_line_before_any_work(tmp_path):
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    cfg = os.path.join(REPO, "projects", "SAMPrompt", "configs", "sam_instant_test.yaml")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "predict.py"),
+            "--config-file",
+            cfg,
+            "--input",
+            scene,
+            "--output",
+            str(blocker / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert proc.returncode != 0
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("error: cannot write to the output folder")
+    )
+    assert "Traceback" not in proc.stderr

@@ -25,8 +25,9 @@ sys.path.insert(
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
+from sam_prompt.checkpoint import CheckpointError  # noqa: E402
 from sam_prompt.config import load_config  # noqa: E402
-from sam_prompt.scene import TileModel, predict_scene  # noqa: E402
+from sam_prompt.scene import TileModel, ensure_writable, model_digest, predict_scene  # noqa: E402
 from sam_prompt.tiling import SceneError  # noqa: E402
 
 EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
@@ -73,14 +74,22 @@ def main(argv=None):
         help="GeoJSON/overlay keep features scoring at least this (COCO results keep all)",
     )
     parser.add_argument("--class-names", help="comma-separated names written to the GeoJSON")
+    parser.add_argument(
+        "--bands",
+        help="the raster's red, green, blue band numbers, e.g. 3,2,1 (default: from the raster's "
+        "colour interpretation, else 1,2,3)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="sam_prompt")
 
-    cfg = load_config(args.config_file, args.opts)
     try:
+        ensure_writable(args.output)  # before any work
         inputs = expand_inputs(args.input)
+        bands = [int(b) for b in args.bands.split(",")] if args.bands else None
+        cfg = load_config(args.config_file, args.opts)
         model = TileModel(cfg)
+        model_id = model_digest(cfg)
         names = args.class_names.split(",") if args.class_names else None
         for path in inputs:
             out_dir = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
@@ -95,14 +104,17 @@ def main(argv=None):
                 class_names=names,
                 overview_size=args.overview_size,
                 min_score=args.min_score,
+                bands=bands,
+                model_id=model_id,
             )
             print(
                 f"{path}: {s['features']} features from {s['tiles']} tiles "
-                f"({s['tiles_run']} run now, {s['tiles_per_s']:.2f} tiles/s) -> {out_dir}"
+                f"({s['tiles_run']} run now, {s['tiles_per_s']:.2f} tiles/s, "
+                f"{s['tiles_without_data']} without data skipped) -> {out_dir}"
             )
             for kind, p in s["outputs"].items():
                 print(f"  {kind}: {p}")
-    except (SceneError, FileNotFoundError, ValueError) as e:
+    except (SceneError, CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 

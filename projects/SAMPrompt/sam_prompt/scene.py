@@ -1,5 +1,6 @@
 """Predict over whole scenes tile by tile (``tools/predict.py``)."""
 
+import hashlib
 import json
 import logging
 import os
@@ -11,6 +12,8 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from pycocotools import mask as mask_util
+from rasterio.crs import CRS
+from rasterio.warp import transform_geom
 from shapely import affinity
 from shapely.geometry import mapping, shape
 from tqdm import tqdm
@@ -87,22 +90,68 @@ class TileModel:
             return [o["instances"].to("cpu") for o in self.model(inputs)]
 
 
+def _geojson_crs(obj, path):
+    """The CRS of a GeoJSON object: its (pre-RFC 7946) ``crs`` member, else WGS84 (RFC 7946)."""
+    member = obj.get("crs")
+    if member is None:
+        return CRS.from_epsg(4326), False
+    try:
+        return CRS.from_user_input((member.get("properties") or {}).get("name")), True
+    except Exception as e:
+        raise SceneError(f"{path}: unreadable 'crs' member {member!r} ({e})") from None
+
+
 def load_prompts(path, reader):
     """
-    Prompts in scene pixels from a COCO file (results list or instances dict: boxes) or a
-    GeoJSON FeatureCollection (Polygon -> its bounding box, Point -> a point; map coordinates
-    for georeferenced scenes, pixels otherwise; class from the "category_id" property).
+    Prompts in scene pixels from a COCO file (results list or instances dict: boxes, in pixels)
+    or a GeoJSON FeatureCollection (Polygon -> its bounding box, Point -> a point; class from the
+    "category_id" property).
+
+    GeoJSON coordinates are in the CRS of its ``crs`` member, or WGS84 without one (RFC 7946), and
+    are reprojected to the raster's CRS. A raster without CRS takes GeoJSON prompts as pixel
+    coordinates only when it has no geotransform either and the GeoJSON declares no CRS; other
+    combinations are refused. Prompts outside the scene are dropped with a warning; when none is
+    inside, it is an error (a CRS mix-up).
 
     Returns:
         (boxes ndarray[N, 4] or None, points ndarray[N, 2] or None, classes ndarray[N])
     """
-    with open(path) as f:
-        obj = json.load(f)
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise SceneError(f"prompts file {path} not found") from None
+    except ValueError as e:
+        raise SceneError(f"prompts file {path} is not JSON ({e})") from None
     if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
+        crs, declared = _geojson_crs(obj, path)
+        if reader.transform_without_crs:
+            raise SceneError(
+                f"{reader.path} has a geotransform but no CRS, so the map coordinates of {path} "
+                "cannot be placed: set the raster's CRS (gdal_edit.py -a_srs EPSG:XXXX) or give "
+                "prompts in pixels (COCO JSON)"
+            )
+        if not reader.georeferenced and declared:
+            raise SceneError(
+                f"{path} is in {crs.to_string()} but {reader.path} has no CRS: georeference the "
+                "raster, or give pixel prompts (a GeoJSON without 'crs', or COCO JSON)"
+            )
         to_pixel = ~reader.src.transform if reader.georeferenced else None
         boxes, points, classes = [], [], []
-        for i, feat in enumerate(obj["features"]):
-            g = shape(feat["geometry"])
+        for i, feat in enumerate(obj.get("features") or []):
+            try:
+                g = shape(feat["geometry"])
+            except Exception as e:
+                raise SceneError(f"{path}: feature {i} has no usable geometry ({e})") from None
+            if to_pixel is not None and crs != reader.src.crs:
+                try:
+                    g = shape(transform_geom(crs, reader.src.crs, feat["geometry"]))
+                except Exception as e:
+                    raise SceneError(
+                        f"{path}: feature {i} cannot be reprojected from {crs.to_string()} to "
+                        f"{reader.src.crs.to_string()} ({e}): check the prompts' CRS (a GeoJSON "
+                        "without a 'crs' member is WGS84)"
+                    ) from None
             if to_pixel is not None:
                 g = affinity.affine_transform(
                     g,
@@ -113,12 +162,12 @@ def load_prompts(path, reader):
             elif g.geom_type in ("Polygon", "MultiPolygon"):
                 boxes.append(list(g.bounds))
             else:
-                raise ValueError(
+                raise SceneError(
                     f"{path}: feature {i} is a {g.geom_type}; prompts are Points or Polygons"
                 )
             classes.append(int((feat.get("properties") or {}).get("category_id", 0)))
         if boxes and points:
-            raise ValueError(f"{path}: mixes Point and Polygon prompts; use one kind per run")
+            raise SceneError(f"{path}: mixes Point and Polygon prompts; use one kind per run")
     else:
         anns = obj["annotations"] if isinstance(obj, dict) else obj
         boxes = [
@@ -126,11 +175,30 @@ def load_prompts(path, reader):
             for a in anns
         ]
         points, classes = [], [int(a.get("category_id", 0)) for a in anns]
-    return (
-        np.array(boxes, dtype=np.float64).reshape(-1, 4) if boxes else None,
-        np.array(points, dtype=np.float64).reshape(-1, 2) if points else None,
-        np.array(classes, dtype=np.int64),
-    )
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4) if boxes else None
+    points = np.array(points, dtype=np.float64).reshape(-1, 2) if points else None
+    classes = np.array(classes, dtype=np.int64)
+    extent = boxes if boxes is not None else None if points is None else np.hstack([points, points])
+    if extent is not None:
+        inside = (
+            (extent[:, 2] > 0)
+            & (extent[:, 3] > 0)
+            & (extent[:, 0] < reader.width)
+            & (extent[:, 1] < reader.height)
+        )
+        if not inside.any():
+            raise SceneError(
+                f"none of the {len(extent)} prompts of {path} falls inside {reader.path} "
+                f"({reader.width}x{reader.height} px): check the prompts' CRS"
+            )
+        if not inside.all():
+            logger.warning(
+                f"{path}: {int((~inside).sum())} prompts outside {reader.path} are ignored"
+            )
+            boxes = None if boxes is None else boxes[inside]
+            points = None if points is None else points[inside]
+            classes = classes[inside]
+    return boxes, points, classes
 
 
 def _assign(prompts, tiles):
@@ -171,6 +239,129 @@ def _empty_prompts():
     return (np.zeros((0, 4)), None, np.zeros(0, dtype=np.int64))
 
 
+def file_digest(path, chunk=1 << 20):
+    """sha1 of a file's content (model weights: a resumed run must use the same model)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_digest(cfg):
+    """A digest of the config and the weights of a model: what makes its predictions."""
+    h = hashlib.sha1(cfg.dump().encode())
+    for path in (cfg.MODEL.WEIGHTS, getattr(cfg.MODEL, "SAM", {}).get("CHECKPOINT", "")):
+        if path:
+            h.update(file_digest(path).encode())
+    return h.hexdigest()
+
+
+class TileLog:
+    """
+    ``tiles.jsonl`` of an output folder: one line per finished tile, so that a run resumes where
+    it stopped; a line cut by an interruption is dropped (that tile is redone).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.done = set()
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = f.readlines()
+            kept = []
+            for line in lines:
+                try:
+                    self.done.add(json.loads(line)["tile"])
+                    kept.append(line)
+                except (ValueError, KeyError):
+                    break
+            if len(kept) != len(lines):
+                with open(path, "w") as f:
+                    f.writelines(kept)
+
+    def append(self, lines):
+        with open(self.path, "a") as f:
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+
+    def records(self, tiles):
+        """(detections as stitch() takes them, number of tiles without data)."""
+        boxes = {t.index: (t.x, t.y, t.x + t.width, t.y + t.height) for t in tiles}
+        records, empty = [], 0
+        with open(self.path) as f:
+            for line in f:
+                r = json.loads(line)
+                empty += r["empty"]
+                for d in r["dets"]:
+                    records.append(
+                        {
+                            "geometry": shapely.from_wkt(d["wkt"]),
+                            "score": d["score"],
+                            "category_id": d["category_id"],
+                            "cut": d["cut"],
+                            "tile": boxes[r["tile"]],
+                        }
+                    )
+        return records, empty
+
+
+def ensure_writable(folder):
+    """Create ``folder`` and write a file there, or raise a one-line SceneError."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise SceneError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+
+
+def check_output_folder(folder, settings):
+    """
+    Create ``folder`` (a one-line error when it cannot be written) and claim it for ``settings``:
+    a folder holding a run with other settings (another model, tiling or input) is refused.
+    """
+    ensure_writable(folder)
+    run_file = os.path.join(folder, "run.json")
+    if os.path.exists(run_file):
+        with open(run_file) as f:
+            previous = json.load(f)
+        if previous != settings:
+            changed = sorted(
+                k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k)
+            )
+            raise SceneError(
+                f"{folder} holds a run with other settings ({', '.join(changed)} differ): give "
+                "another --output, or remove that folder to start again"
+            )
+    else:
+        with open(run_file, "w") as f:
+            json.dump(settings, f, indent=1)
+
+
+def tile_detections(inst, tile, valid, cut_check):
+    """Log records of one tile's predictions (masks kept inside the tile's valid pixels)."""
+    dets = []
+    if inst is None or not len(inst):
+        return dets
+    masks = inst.pred_masks.numpy() & valid[None]
+    for g, s, c in zip(
+        masks_to_polygons(masks, tile), inst.scores.tolist(), inst.pred_classes.tolist()
+    ):
+        if g is None:
+            continue
+        dets.append(
+            {
+                "wkt": shapely.to_wkt(g, rounding_precision=3),
+                "score": s,
+                "category_id": c,
+                "cut": cut_check(g),
+            }
+        )
+    return dets
+
+
 def predict_scene(
     model,
     path,
@@ -183,180 +374,106 @@ def predict_scene(
     class_names=None,
     overview_size=1024,
     min_score=0.5,
+    bands=None,
+    model_id=None,
 ):
     """
     Predict one scene into ``out_dir`` (resuming from its ``tiles.jsonl``). The overlay is drawn
     on the scene decimated to at most ``overview_size`` pixels a side. The GeoJSON and the overlay
     hold features scoring at least ``min_score``; the COCO results hold all (for AP).
 
+    Args:
+        bands (list[int]): the raster's R, G, B band numbers (default: by colour interpretation).
+        model_id (str): identifies the model (:func:`model_digest`); a folder holding a run of
+            another model is refused.
+
     Returns:
-        dict: summary (tiles, seconds, tiles_per_s, features, outputs, largest_read).
+        dict: summary (tiles, tiles_run, tiles_without_data, seconds, tiles_per_s, features,
+        outputs, largest_read).
     """
-    reader = SceneReader(path, max_overview=overview_size)
-    try:
-        return _predict(
-            model,
-            reader,
-            path,
-            out_dir,
-            tile_size,
-            overlap,
-            batch_size,
-            prompts_file,
-            class_names,
-            min_score,
-        )
-    finally:
-        reader.close()
-
-
-def _predict(
-    model,
-    reader,
-    path,
-    out_dir,
-    tile_size,
-    overlap,
-    batch_size,
-    prompts_file,
-    class_names,
-    min_score,
-):
     if model.needs_prompts and not prompts_file:
         raise SceneError(
-            "this SAM model needs prompts: give --prompts FILE, or set MODEL.SAM.PROMPT.SOURCE detector "
-            "with MODEL.SAM.DETECTOR.CONFIG_FILE/WEIGHTS"
+            "this SAM model needs prompts: give --prompts FILE, or set MODEL.SAM.PROMPT.SOURCE "
+            "detector with MODEL.SAM.DETECTOR.CONFIG_FILE/WEIGHTS"
         )
-    os.makedirs(out_dir, exist_ok=True)
-    settings = {
-        "input": os.path.abspath(path),
-        "tile_size": tile_size,
-        "overlap": overlap,
-        "prompts": os.path.abspath(prompts_file) if prompts_file else None,
-    }
-    run_file = os.path.join(out_dir, "run.json")
-    if os.path.exists(run_file):
-        with open(run_file) as f:
-            previous = json.load(f)
-        if previous != settings:
-            raise SceneError(
-                f"{out_dir} holds a run with other settings ({previous}); use another --output"
-            )
-    else:
-        with open(run_file, "w") as f:
-            json.dump(settings, f, indent=1)
-    if max(reader.width, reader.height) < tile_size:
-        logger.info(
-            f"{path}: {reader.width}x{reader.height} is smaller than one tile: one padded tile"
-        )
-    tiles = tile_grid(reader.width, reader.height, tile_size, overlap)
-    per_tile = {}
-    if prompts_file:
-        prompts = load_prompts(prompts_file, reader)
-        kinds = {"box": prompts[0] is not None, "point": prompts[1] is not None}
-        if model.needs_prompts and len(prompts[2]) and not kinds[model.prompt_type]:
-            given = "points" if kinds["point"] else "boxes (polygons)"
-            raise SceneError(
-                f"{prompts_file} holds {given} but the model takes {model.prompt_type} prompts "
-                "(MODEL.SAM.PROMPT.TYPE)"
-            )
-        per_tile = _assign(prompts, tiles)
-    prompted = bool(prompts_file)
-
-    log_file = os.path.join(out_dir, "tiles.jsonl")
-    done = set()
-    if os.path.exists(log_file):
-        with open(log_file) as f:
-            lines = f.readlines()
-        valid = []
-        for line in lines:
-            try:
-                done.add(json.loads(line)["tile"])
-                valid.append(line)
-            except (ValueError, KeyError):  # a line cut by the interruption: redo that tile
-                break
-        if len(valid) != len(lines):
-            with open(log_file, "w") as f:
-                f.writelines(valid)
-    todo = [t for t in tiles if t.index not in done]
-    start = time.time()
-    with (
-        open(log_file, "a") as log,
-        tqdm(total=len(tiles), initial=len(done), unit="tile", desc=os.path.basename(path)) as bar,
-    ):
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i : i + batch_size]
-            images = [reader.read_tile(t) for t in batch]
-            has_data = [bool(img.any()) for img in images]
-            prompts = [per_tile.get(t.index, _empty_prompts()) for t in batch]
-            run = [
-                k
-                for k, ok in enumerate(has_data)
-                if ok and (not model.needs_prompts or len(prompts[k][2]))
-            ]
-            preds = (
-                dict(zip(run, model([images[k] for k in run], [prompts[k] for k in run])))
-                if run
-                else {}
-            )
-            for k, t in enumerate(batch):
-                dets = []
-                inst = preds.get(k)
-                if inst is not None and len(inst):
-                    geoms = masks_to_polygons(inst.pred_masks.numpy(), t)
-                    for g, s, c in zip(geoms, inst.scores.tolist(), inst.pred_classes.tolist()):
-                        if g is None:
-                            continue
-                        cut = (
-                            False
-                            if prompted
-                            else touches_inner_edge(g, t, reader.width, reader.height)
-                        )
-                        dets.append(
-                            {
-                                "wkt": shapely.to_wkt(g, rounding_precision=3),
-                                "score": s,
-                                "category_id": c,
-                                "cut": cut,
-                            }
-                        )
-                log.write(
-                    json.dumps({"tile": t.index, "empty": not has_data[k], "dets": dets}) + "\n"
-                )
-            log.flush()
-            bar.update(len(batch))
-    seconds = time.time() - start
-
-    records = []
-    empty_tiles = 0
-    boxes = {t.index: (t.x, t.y, t.x + t.width, t.y + t.height) for t in tiles}
-    with open(log_file) as f:
-        for line in f:
-            r = json.loads(line)
-            empty_tiles += r["empty"]
-            for d in r["dets"]:
-                records.append(
-                    {
-                        "geometry": shapely.from_wkt(d["wkt"]),
-                        "score": d["score"],
-                        "category_id": d["category_id"],
-                        "cut": d["cut"],
-                        "tile": boxes[r["tile"]],
-                    }
-                )
-    if empty_tiles == len(tiles):
-        raise SceneError(f"{path}: the scene holds no data (every tile is empty / zero)")
-    features = records if prompted else stitch(records)
-    outputs = _write_outputs(reader, features, out_dir, path, class_names, min_score)
+    reader = SceneReader(path, max_overview=overview_size, bands=bands)
+    try:
+        settings = {
+            "input": os.path.abspath(path),
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "prompts": os.path.abspath(prompts_file) if prompts_file else None,
+            "bands": reader.bands,
+            "model": model_id,
+        }
+        check_output_folder(out_dir, settings)
+        tiles = tile_grid(reader.width, reader.height, tile_size, overlap)
+        per_tile = _prompts_per_tile(model, reader, prompts_file, tiles) if prompts_file else {}
+        log = TileLog(os.path.join(out_dir, "tiles.jsonl"))
+        start = time.time()
+        todo = _run_tiles(model, reader, tiles, log, per_tile, batch_size, bool(prompts_file))
+        seconds = time.time() - start
+        records, empty = log.records(tiles)
+        if empty == len(tiles):
+            raise SceneError(f"{path}: the scene holds no data (every tile is nodata or zero)")
+        features = records if prompts_file else stitch(records)
+        outputs = _write_outputs(reader, features, out_dir, path, class_names, min_score)
+    finally:
+        reader.close()
     return {
         "tiles": len(tiles),
         "tiles_run": len(todo),
+        "tiles_without_data": empty,
         "seconds": seconds,
         "tiles_per_s": len(todo) / seconds if seconds > 0 and todo else float("nan"),
         "features": len(features),
         "outputs": outputs,
         "largest_read": reader.largest_read,
     }
+
+
+def _prompts_per_tile(model, reader, prompts_file, tiles):
+    prompts = load_prompts(prompts_file, reader)
+    kinds = {"box": prompts[0] is not None, "point": prompts[1] is not None}
+    if model.needs_prompts and len(prompts[2]) and not kinds[model.prompt_type]:
+        given = "points" if kinds["point"] else "boxes (polygons)"
+        raise SceneError(
+            f"{prompts_file} holds {given} but the model takes {model.prompt_type} prompts "
+            "(MODEL.SAM.PROMPT.TYPE)"
+        )
+    return _assign(prompts, tiles) if len(prompts[2]) else {}
+
+
+def _run_tiles(model, reader, tiles, log, per_tile, batch_size, prompted):
+    """Predict the tiles not in ``log`` yet, batch by batch; tiles without data skip the model."""
+    todo = [t for t in tiles if t.index not in log.done]
+    desc = os.path.basename(reader.path)
+    with tqdm(total=len(tiles), initial=len(log.done), unit="tile", desc=desc) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            read = [reader.read_tile(t) for t in batch]
+            prompts = [per_tile.get(t.index, _empty_prompts()) for t in batch]
+            run = [
+                k
+                for k, (_, valid) in enumerate(read)
+                if valid.any() and (not model.needs_prompts or len(prompts[k][2]))
+            ]
+            preds = model([read[k][0] for k in run], [prompts[k] for k in run]) if run else []
+            preds = dict(zip(run, preds))
+            lines = []
+            for k, t in enumerate(batch):
+                image, valid = read[k]
+
+                def cut_check(g, t=t):
+                    return (
+                        False if prompted else touches_inner_edge(g, t, reader.width, reader.height)
+                    )
+
+                dets = tile_detections(preds.get(k), t, valid, cut_check)
+                lines.append({"tile": t.index, "empty": not valid.any(), "dets": dets})
+            log.append(lines)
+            bar.update(len(batch))
+    return todo
 
 
 def _write_outputs(reader, features, out_dir, path, class_names, min_score):

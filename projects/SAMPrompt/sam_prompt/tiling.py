@@ -15,15 +15,26 @@ import numpy as np
 import rasterio
 import shapely
 from affine import Affine
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.features import shapes as raster_shapes
 from rasterio.windows import Window
 from shapely.geometry import box as shapely_box
 from shapely.geometry import shape
 from shapely.strtree import STRtree
 
+from .data.images import stretch_range, stretch_to_uint8
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Tile", "tile_grid", "SceneReader", "masks_to_polygons", "stitch", "SceneError"]
+__all__ = [
+    "Tile",
+    "tile_grid",
+    "SceneReader",
+    "pick_bands",
+    "masks_to_polygons",
+    "stitch",
+    "SceneError",
+]
 
 
 class SceneError(ValueError):
@@ -66,14 +77,38 @@ def tile_grid(width, height, tile_size, overlap):
     return tiles
 
 
+def pick_bands(src, bands=None):
+    """
+    The (red, green, blue) band numbers of a raster: ``bands`` when given (e.g. (3, 2, 1)), else
+    those its colour interpretation names red, green and blue, else bands 1-3 (one band: grey).
+    """
+    if bands:
+        bands = [int(b) for b in bands]
+        if len(bands) != 3 or not all(1 <= b <= src.count for b in bands):
+            raise SceneError(f"--bands {bands}: give three band numbers in 1..{src.count}")
+        return bands
+    interp = list(src.colorinterp)
+    wanted = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if all(c in interp for c in wanted):
+        return [interp.index(c) + 1 for c in wanted]
+    return [1, 2, 3] if src.count >= 3 else [1, 1, 1]
+
+
 class SceneReader:
     """
     Reads an image or GeoTIFF window by window (never the whole scene at full resolution) and
-    returns RGB uint8 tiles. Rasters of other types are scaled with the scene's 2-98 percentiles,
-    estimated on a decimated read. ``largest_read`` records the largest array read (pixels).
+    returns RGB uint8 tiles with their valid-pixel masks.
+
+    * Bands: see :func:`pick_bands` (colour interpretation first, so B,G,R,NIR is read as R,G,B).
+    * Nodata: the raster's mask (nodata value, alpha or mask band) and NaN are invalid pixels;
+      they are excluded from the stretch and come out black with ``valid`` False.
+    * Rasters other than uint8 are stretched between the 2nd and 98th percentiles of their valid
+      pixels, estimated on a decimated read (the same stretch training images get).
+
+    ``largest_read`` records the largest array read (pixels).
     """
 
-    def __init__(self, path, max_overview=1024):
+    def __init__(self, path, max_overview=1024, bands=None):
         self.path = path
         try:
             self.src = rasterio.open(path)
@@ -82,18 +117,26 @@ class SceneReader:
             raise SceneError(f"{path}: {kind} ({e})") from None
         if self.src.width == 0 or self.src.height == 0:
             raise SceneError(f"{path}: empty raster ({self.src.width}x{self.src.height})")
-        self.bands = [1, 2, 3] if self.src.count >= 3 else [1, 1, 1]
+        self.bands = pick_bands(self.src, bands)
         self.largest_read = 0
         self.georeferenced = self.src.crs is not None and not self.src.transform.is_identity
+        # A geotransform without a CRS: map coordinates of unknown meaning.
+        self.transform_without_crs = self.src.crs is None and not self.src.transform.is_identity
+        # Without any nodata description, all-zero tiles are taken as no data (scene collars).
+        self.declares_nodata = self.src.nodata is not None or any(
+            MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in self.src.mask_flag_enums
+        )
         scale = min(1.0, max_overview / max(self.src.width, self.src.height))
         self.overview_shape = (
             max(1, round(self.src.height * scale)),
             max(1, round(self.src.width * scale)),
         )
-        self._lo = self._hi = None
-        if self.src.dtypes[0] != "uint8":
-            ov = self.overview()
-            self._lo, self._hi = np.percentile(ov, 2), np.percentile(ov, 98)
+        self._range = None
+        if self.src.dtypes[self.bands[0] - 1] != "uint8":
+            arr, valid = self._read(out_shape=(3, *self.overview_shape))
+            if not valid.any():
+                raise SceneError(f"{path}: the scene holds no valid pixel (all nodata)")
+            self._range = stretch_range(arr, valid[None])
 
     @property
     def width(self):
@@ -104,26 +147,36 @@ class SceneReader:
         return self.src.height
 
     def _read(self, **kwargs):
+        """(bands array (3, h, w), valid mask (h, w))"""
         arr = self.src.read(self.bands, **kwargs)
+        valid = self.src.read_masks(self.bands, **kwargs).min(axis=0) > 0
+        if np.issubdtype(arr.dtype, np.floating):
+            valid &= np.isfinite(arr).all(axis=0)
         self.largest_read = max(self.largest_read, arr.shape[-1] * arr.shape[-2])
+        return arr, valid
+
+    def _to_uint8(self, arr, valid):
+        if self._range is not None:
+            arr = stretch_to_uint8(arr, *self._range)
+        arr = arr.transpose(1, 2, 0).copy()
+        arr[~valid] = 0
         return arr
 
     def overview(self):
-        """The scene decimated to at most ``max_overview`` pixels a side, (h, w, 3)."""
-        arr = self._read(out_shape=(3, *self.overview_shape)).transpose(1, 2, 0)
-        return self._to_uint8(arr) if self._lo is not None else arr
-
-    def _to_uint8(self, arr):
-        if self._lo is None:
-            return arr
-        return (
-            np.clip((arr.astype(np.float32) - self._lo) / max(self._hi - self._lo, 1e-6), 0, 1)
-            * 255
-        ).astype(np.uint8)
+        """The scene decimated to at most ``max_overview`` pixels a side, (h, w, 3) uint8."""
+        return self._to_uint8(*self._read(out_shape=(3, *self.overview_shape)))
 
     def read_tile(self, tile):
-        """RGB uint8 array (h, w, 3) of a tile."""
-        return self._to_uint8(self._read(window=tile.window).transpose(1, 2, 0))
+        """
+        Returns:
+            (image, valid): RGB uint8 (h, w, 3) of a tile (invalid pixels black) and its valid
+            pixels (h, w) bool; a tile with no valid pixel is to be skipped.
+        """
+        arr, valid = self._read(window=tile.window)
+        image = self._to_uint8(arr, valid)
+        if not self.declares_nodata and not image.any():
+            valid = np.zeros_like(valid)
+        return image, valid
 
     def close(self):
         self.src.close()
