@@ -26,11 +26,14 @@ setup(
         "scipy",
         "tqdm",
         "opencv-python-headless",  # detectron2.utils.visualizer
+        "pyogrio>=0.7",  # GeoPackage outputs (GDAL)
     ],
     extras_require={
         # tools/export_model.py --format onnx (export and its onnxruntime check)
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # tools/predict.py --ray (Ray Data on a local instance or a cluster)
+        "ray": ["ray[data]>=2.40"],
         # what `make test` installs: the test runner and every optional path the tests cover
-        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "ray[data]>=2.40"],
     },
 )

@@ -42,7 +42,7 @@ OBJECTS = [
 W, H = 700, 500
 
 
-def write_scene(path, objects=OBJECTS, width=W, height=H, value=230):
+def write_scene(path, objects=OBJECTS, width=W, height=H, value=230, transform=TRANSFORM):
     yy, xx = np.mgrid[0:height, 0:width]
     img = np.full((3, height, width), 60, np.uint8)
     for (cx, cy), (rx, ry) in objects:
@@ -56,7 +56,7 @@ def write_scene(path, objects=OBJECTS, width=W, height=H, value=230):
         count=3,
         dtype="uint8",
         crs="EPSG:32606",
-        transform=TRANSFORM,
+        transform=transform,
         tiled=True,
         blockxsize=128,
         blockysize=128,
@@ -513,3 +513,75 @@ def test_unwritable_output_is_one_line_before_any_work(tmp_path):
         proc.stderr.strip().splitlines()[-1].startswith("error: cannot write to the output folder")
     )
     assert "Traceback" not in proc.stderr
+
+
+# --- GIS outputs ----------------------------------------------------------------------------
+def test_geopackage_holds_what_the_geojson_holds(tmp_path):
+    from sam_prompt.vector import read_features
+
+    scene = write_scene(str(tmp_path / "scene.tif"))
+    s = predict_scene(
+        OracleModel(),
+        scene,
+        str(tmp_path / "o"),
+        tile_size=256,
+        overlap=64,
+        min_score=0,
+        formats=("geojson", "gpkg"),
+        class_names=["iwp"],
+    )
+    g1, p1, crs1 = read_features(s["outputs"]["geojson"])
+    g2, p2, crs2 = read_features(s["outputs"]["gpkg"])
+    assert len(g1) == len(g2) == len(OBJECTS)
+    assert "32606" in str(crs2) and p2[0]["class"] == "iwp"
+    for a, b in zip(g1, g2):
+        assert a.symmetric_difference(b).area < 1e-6 * a.area
+    assert [p["score"] for p in p1] == [p["score"] for p in p2]
+
+
+def test_merge_drops_objects_seen_in_two_overlapping_scenes(tmp_path):
+    import subprocess
+
+    from sam_prompt.vector import read_features
+
+    # Scene b is scene a's ground 160 px (80 m) further east: objects 2 and 3 lie in both.
+    shift = 160
+    a = write_scene(str(tmp_path / "a.tif"))
+    objs_b = [((cx - shift, cy), r) for (cx, cy), r in OBJECTS] + [((640, 200), (30, 25))]  # b only
+    b = write_scene(
+        str(tmp_path / "b.tif"),
+        objs_b,
+        transform=from_origin(ORIGIN[0] + shift * PIXEL, ORIGIN[1], PIXEL, PIXEL),
+    )
+    for path in (a, b):
+        predict_scene(
+            OracleModel(),
+            path,
+            str(tmp_path / "pred" / os.path.basename(path)[:-4]),
+            tile_size=256,
+            overlap=64,
+            min_score=0,
+            formats=("gpkg",),
+        )
+    out = tmp_path / "all.gpkg"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "merge_predictions.py"),
+            "--output",
+            str(out),
+            str(tmp_path / "pred"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    geoms, props, _ = read_features(str(out))
+    n_a = len(OBJECTS)
+    n_b = sum(1 for (cx, cy), (rx, ry) in objs_b if cx - rx > 0)  # objects whole in scene b
+    seen_twice = sum(1 for (cx, cy), (rx, ry) in objs_b if cx - rx > 0 and cx + rx + shift < W)
+    assert len(geoms) == n_a + n_b - seen_twice
+    assert {p["scene"] for p in props} == {"a", "b"}
+    union = shapely.union_all(geoms)
+    assert abs(union.area - sum(g.area for g in geoms)) < 0.01 * union.area  # no duplicates left

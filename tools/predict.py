@@ -29,6 +29,7 @@ from sam_prompt.checkpoint import CheckpointError  # noqa: E402
 from sam_prompt.config import load_config  # noqa: E402
 from sam_prompt.scene import TileModel, ensure_writable, model_digest, predict_scene  # noqa: E402
 from sam_prompt.tiling import SceneError  # noqa: E402
+from sam_prompt.vector import FORMATS, merge_layers  # noqa: E402
 
 EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt")
 
@@ -79,6 +80,32 @@ def main(argv=None):
         help="the raster's red, green, blue band numbers, e.g. 3,2,1 (default: from the raster's "
         "colour interpretation, else 1,2,3)",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray: without ADDRESS a local Ray instance; 'auto' or host:port joins a "
+        "cluster started with `ray start --head`",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="model actors (--ray)")
+    parser.add_argument(
+        "--format",
+        default="geojson",
+        help="map outputs of georeferenced scenes, comma-separated: geojson, gpkg (GeoPackage)",
+    )
+    parser.add_argument(
+        "--merge",
+        metavar="FILE",
+        help="also write all scenes' features to one .gpkg/.geojson layer (duplicates where scenes "
+        "overlap dropped, 'scene' attribute added); tools/merge_predictions.py does it later",
+    )
+    parser.add_argument(
+        "--num-gpus-per-worker",
+        type=float,
+        default=0,
+        help="GPUs each model actor reserves (--ray)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="sam_prompt")
@@ -87,33 +114,64 @@ def main(argv=None):
         ensure_writable(args.output)  # before any work
         inputs = expand_inputs(args.input)
         bands = [int(b) for b in args.bands.split(",")] if args.bands else None
+        formats = tuple(f.strip() for f in args.format.split(","))
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown:
+            raise SceneError(f"--format {','.join(unknown)}: choose among {', '.join(FORMATS)}")
         cfg = load_config(args.config_file, args.opts)
-        model = TileModel(cfg)
         model_id = model_digest(cfg)
         names = args.class_names.split(",") if args.class_names else None
-        for path in inputs:
-            out_dir = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
-            s = predict_scene(
-                model,
-                path,
-                out_dir,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                prompts_file=args.prompts,
-                class_names=names,
-                overview_size=args.overview_size,
-                min_score=args.min_score,
-                bands=bands,
-                model_id=model_id,
+        common = dict(
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            prompts_file=args.prompts,
+            class_names=names,
+            overview_size=args.overview_size,
+            min_score=args.min_score,
+            bands=bands,
+            model_id=model_id,
+            strict_prompts=len(inputs) == 1,  # many scenes: checked over the run, below
+            formats=formats,
+        )
+        jobs = [
+            (p, os.path.join(args.output, os.path.splitext(os.path.basename(p))[0])) for p in inputs
+        ]
+        if args.ray:
+            from sam_prompt.ray_predict import init_ray, predict_scenes_ray
+
+            init_ray(args.ray)
+            needs, prompt_type = TileModel.describe(cfg)
+            summaries = predict_scenes_ray(
+                cfg,
+                jobs,
+                needs_prompts=needs,
+                prompt_type=prompt_type,
+                workers=args.workers,
+                num_gpus_per_worker=args.num_gpus_per_worker,
+                **common,
             )
+        else:
+            model = TileModel(cfg)
+            summaries = [predict_scene(model, p, out, **common) for p, out in jobs]
+        for (path, out_dir), s in zip(jobs, summaries):
             print(
                 f"{path}: {s['features']} features from {s['tiles']} tiles "
-                f"({s['tiles_run']} run now, {s['tiles_per_s']:.2f} tiles/s, "
-                f"{s['tiles_without_data']} without data skipped) -> {out_dir}"
+                f"({s['tiles_run']} run now, {s['tiles_without_data']} without data skipped) "
+                f"-> {out_dir}"
             )
             for kind, p in s["outputs"].items():
                 print(f"  {kind}: {p}")
+        if args.merge:
+            layers = [s["outputs"][formats[0]] for s in summaries if formats[0] in s["outputs"]]
+            kept, dropped = merge_layers(layers, args.merge)
+            print(
+                f"merged {len(layers)} scenes into {args.merge}: {kept} features ({dropped} duplicates dropped)"
+            )
+        if args.prompts and not any(s["prompts"] for s in summaries):
+            raise SceneError(
+                f"none of the prompts of {args.prompts} falls inside any scene: check their CRS"
+            )
     except (SceneError, CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 

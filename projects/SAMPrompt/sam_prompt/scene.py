@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
@@ -15,7 +16,7 @@ from pycocotools import mask as mask_util
 from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely import affinity
-from shapely.geometry import mapping, shape
+from shapely.geometry import shape
 from tqdm import tqdm
 
 from .checkpoint import SAMCheckpointer
@@ -31,6 +32,7 @@ from .tiling import (
     touches_inner_edge,
 )
 from .transforms import ResizeLongestSide
+from .vector import FORMATS, write_features
 
 __all__ = ["TileModel", "load_prompts", "predict_scene"]
 
@@ -50,8 +52,14 @@ class TileModel:
             self.resize = ResizeLongestSide(sam_arch_from_cfg(cfg)["image_size"])
         else:
             self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        self.needs_prompts = uses_prompts(cfg) and not hasattr(self.model, "detector_prompts")
-        self.prompt_type = getattr(self.model, "prompt_type", None)
+        self.needs_prompts, self.prompt_type = self.describe(cfg)
+
+    @staticmethod
+    def describe(cfg):
+        """(needs prompts from a file, prompt type) of ``cfg``'s model, without building it."""
+        prompted = uses_prompts(cfg)
+        needs = prompted and cfg.MODEL.META_ARCHITECTURE != "DetectorPromptedSAM"
+        return needs, (cfg.MODEL.SAM.PROMPT.TYPE if prompted else None)
 
     def __call__(self, images, prompts):
         """
@@ -101,7 +109,7 @@ def _geojson_crs(obj, path):
         raise SceneError(f"{path}: unreadable 'crs' member {member!r} ({e})") from None
 
 
-def load_prompts(path, reader):
+def load_prompts(path, reader, strict=True):
     """
     Prompts in scene pixels from a COCO file (results list or instances dict: boxes, in pixels)
     or a GeoJSON FeatureCollection (Polygon -> its bounding box, Point -> a point; class from the
@@ -111,7 +119,8 @@ def load_prompts(path, reader):
     are reprojected to the raster's CRS. A raster without CRS takes GeoJSON prompts as pixel
     coordinates only when it has no geotransform either and the GeoJSON declares no CRS; other
     combinations are refused. Prompts outside the scene are dropped with a warning; when none is
-    inside, it is an error (a CRS mix-up).
+    inside and ``strict``, it is an error (a CRS mix-up; a run over many scenes checks that some
+    scene had prompts instead).
 
     Returns:
         (boxes ndarray[N, 4] or None, points ndarray[N, 2] or None, classes ndarray[N])
@@ -186,7 +195,7 @@ def load_prompts(path, reader):
             & (extent[:, 0] < reader.width)
             & (extent[:, 1] < reader.height)
         )
-        if not inside.any():
+        if not inside.any() and strict:
             raise SceneError(
                 f"none of the {len(extent)} prompts of {path} falls inside {reader.path} "
                 f"({reader.width}x{reader.height} px): check the prompts' CRS"
@@ -289,19 +298,19 @@ class TileLog:
         boxes = {t.index: (t.x, t.y, t.x + t.width, t.y + t.height) for t in tiles}
         records, empty = [], 0
         with open(self.path) as f:
-            for line in f:
-                r = json.loads(line)
-                empty += r["empty"]
-                for d in r["dets"]:
-                    records.append(
-                        {
-                            "geometry": shapely.from_wkt(d["wkt"]),
-                            "score": d["score"],
-                            "category_id": d["category_id"],
-                            "cut": d["cut"],
-                            "tile": boxes[r["tile"]],
-                        }
-                    )
+            lines = sorted((json.loads(line) for line in f), key=lambda r: r["tile"])
+        for r in lines:  # tile order: the same stitching whatever order tiles finished in
+            empty += r["empty"]
+            for d in r["dets"]:
+                records.append(
+                    {
+                        "geometry": shapely.from_wkt(d["wkt"]),
+                        "score": d["score"],
+                        "category_id": d["category_id"],
+                        "cut": d["cut"],
+                        "tile": boxes[r["tile"]],
+                    }
+                )
         return records, empty
 
 
@@ -362,36 +371,46 @@ def tile_detections(inst, tile, valid, cut_check):
     return dets
 
 
-def predict_scene(
-    model,
+@dataclass
+class ScenePlan:
+    """What is known about one scene before any tile runs (both backends use it)."""
+
+    path: str
+    out_dir: str
+    reader: SceneReader
+    tiles: list
+    per_tile: dict  # tile index -> prompts in tile pixels
+    log: TileLog
+    prompted: bool
+
+    @property
+    def num_prompts(self):
+        return sum(len(p[2]) for p in self.per_tile.values())
+
+    @property
+    def todo(self):
+        return [t for t in self.tiles if t.index not in self.log.done]
+
+
+def plan_scene(
     path,
     out_dir,
     *,
+    needs_prompts,
+    prompt_type,
     tile_size=512,
     overlap=128,
-    batch_size=4,
     prompts_file=None,
-    class_names=None,
     overview_size=1024,
-    min_score=0.5,
     bands=None,
     model_id=None,
+    strict_prompts=True,
 ):
     """
-    Predict one scene into ``out_dir`` (resuming from its ``tiles.jsonl``). The overlay is drawn
-    on the scene decimated to at most ``overview_size`` pixels a side. The GeoJSON and the overlay
-    hold features scoring at least ``min_score``; the COCO results hold all (for AP).
-
-    Args:
-        bands (list[int]): the raster's R, G, B band numbers (default: by colour interpretation).
-        model_id (str): identifies the model (:func:`model_digest`); a folder holding a run of
-            another model is refused.
-
-    Returns:
-        dict: summary (tiles, tiles_run, tiles_without_data, seconds, tiles_per_s, features,
-        outputs, largest_read).
+    Open a scene, claim its output folder (refusing one that holds another run), cut it into
+    tiles, assign the prompts to tiles and read what a previous run finished.
     """
-    if model.needs_prompts and not prompts_file:
+    if needs_prompts and not prompts_file:
         raise SceneError(
             "this SAM model needs prompts: give --prompts FILE, or set MODEL.SAM.PROMPT.SOURCE "
             "detector with MODEL.SAM.DETECTOR.CONFIG_FILE/WEIGHTS"
@@ -408,75 +427,156 @@ def predict_scene(
         }
         check_output_folder(out_dir, settings)
         tiles = tile_grid(reader.width, reader.height, tile_size, overlap)
-        per_tile = _prompts_per_tile(model, reader, prompts_file, tiles) if prompts_file else {}
+        per_tile = {}
+        if prompts_file:
+            per_tile = _prompts_per_tile(
+                needs_prompts, prompt_type, reader, prompts_file, tiles, strict_prompts
+            )
         log = TileLog(os.path.join(out_dir, "tiles.jsonl"))
-        start = time.time()
-        todo = _run_tiles(model, reader, tiles, log, per_tile, batch_size, bool(prompts_file))
-        seconds = time.time() - start
-        records, empty = log.records(tiles)
-        if empty == len(tiles):
-            raise SceneError(f"{path}: the scene holds no data (every tile is nodata or zero)")
-        features = records if prompts_file else stitch(records)
-        outputs = _write_outputs(reader, features, out_dir, path, class_names, min_score)
-    finally:
+    except Exception:
         reader.close()
+        raise
+    return ScenePlan(path, out_dir, reader, tiles, per_tile, log, bool(prompts_file))
+
+
+def finish_scene(
+    plan, *, class_names=None, min_score=0.5, seconds=0.0, tiles_run=0, formats=("geojson",)
+):
+    """Stitch the scene's logged tiles and write its outputs; returns the run's summary."""
+    records, empty = plan.log.records(plan.tiles)
+    try:
+        if empty == len(plan.tiles):
+            raise SceneError(f"{plan.path}: the scene holds no data (every tile is nodata or zero)")
+        features = records if plan.prompted else stitch(records)
+        outputs = _write_outputs(
+            plan.reader, features, plan.out_dir, plan.path, class_names, min_score, formats
+        )
+    finally:
+        plan.reader.close()
     return {
-        "tiles": len(tiles),
-        "tiles_run": len(todo),
+        "tiles": len(plan.tiles),
+        "tiles_run": tiles_run,
         "tiles_without_data": empty,
         "seconds": seconds,
-        "tiles_per_s": len(todo) / seconds if seconds > 0 and todo else float("nan"),
+        "tiles_per_s": tiles_run / seconds if seconds > 0 and tiles_run else float("nan"),
         "features": len(features),
+        "prompts": plan.num_prompts,
         "outputs": outputs,
-        "largest_read": reader.largest_read,
+        "largest_read": plan.reader.largest_read,
     }
 
 
-def _prompts_per_tile(model, reader, prompts_file, tiles):
-    prompts = load_prompts(prompts_file, reader)
+def predict_scene(
+    model,
+    path,
+    out_dir,
+    *,
+    tile_size=512,
+    overlap=128,
+    batch_size=4,
+    prompts_file=None,
+    class_names=None,
+    overview_size=1024,
+    min_score=0.5,
+    bands=None,
+    model_id=None,
+    strict_prompts=True,
+    formats=("geojson",),
+):
+    """
+    Predict one scene into ``out_dir`` in this process (resuming from its ``tiles.jsonl``). The
+    overlay is drawn on the scene decimated to at most ``overview_size`` pixels a side. The
+    GeoJSON and the overlay hold features scoring at least ``min_score``; the COCO results hold
+    all (for AP). :mod:`sam_prompt.ray_predict` runs the same plan on a Ray cluster.
+
+    Args:
+        bands (list[int]): the raster's R, G, B band numbers (default: by colour interpretation).
+        model_id (str): identifies the model (:func:`model_digest`); a folder holding a run of
+            another model is refused.
+        formats (tuple[str]): map outputs of georeferenced scenes: "geojson" and/or "gpkg".
+
+    Returns:
+        dict: summary (tiles, tiles_run, tiles_without_data, seconds, tiles_per_s, features,
+        outputs, largest_read).
+    """
+    plan = plan_scene(
+        path,
+        out_dir,
+        needs_prompts=model.needs_prompts,
+        prompt_type=getattr(model, "prompt_type", None),
+        tile_size=tile_size,
+        overlap=overlap,
+        prompts_file=prompts_file,
+        overview_size=overview_size,
+        bands=bands,
+        model_id=model_id,
+        strict_prompts=strict_prompts,
+    )
+    try:
+        start = time.time()
+        todo = plan.todo
+        desc = os.path.basename(path)
+        with tqdm(total=len(plan.tiles), initial=len(plan.log.done), unit="tile", desc=desc) as bar:
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i : i + batch_size]
+                plan.log.append(
+                    predict_tiles(model, plan.reader, batch, plan.per_tile, plan.prompted)
+                )
+                bar.update(len(batch))
+        seconds = time.time() - start
+    except BaseException:
+        plan.reader.close()
+        raise
+    return finish_scene(
+        plan,
+        class_names=class_names,
+        min_score=min_score,
+        seconds=seconds,
+        tiles_run=len(todo),
+        formats=formats,
+    )
+
+
+def _prompts_per_tile(needs_prompts, prompt_type, reader, prompts_file, tiles, strict=True):
+    prompts = load_prompts(prompts_file, reader, strict)
     kinds = {"box": prompts[0] is not None, "point": prompts[1] is not None}
-    if model.needs_prompts and len(prompts[2]) and not kinds[model.prompt_type]:
+    if needs_prompts and len(prompts[2]) and not kinds[prompt_type]:
         given = "points" if kinds["point"] else "boxes (polygons)"
         raise SceneError(
-            f"{prompts_file} holds {given} but the model takes {model.prompt_type} prompts "
+            f"{prompts_file} holds {given} but the model takes {prompt_type} prompts "
             "(MODEL.SAM.PROMPT.TYPE)"
         )
     return _assign(prompts, tiles) if len(prompts[2]) else {}
 
 
-def _run_tiles(model, reader, tiles, log, per_tile, batch_size, prompted):
-    """Predict the tiles not in ``log`` yet, batch by batch; tiles without data skip the model."""
-    todo = [t for t in tiles if t.index not in log.done]
-    desc = os.path.basename(reader.path)
-    with tqdm(total=len(tiles), initial=len(log.done), unit="tile", desc=desc) as bar:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i : i + batch_size]
-            read = [reader.read_tile(t) for t in batch]
-            prompts = [per_tile.get(t.index, _empty_prompts()) for t in batch]
-            run = [
-                k
-                for k, (_, valid) in enumerate(read)
-                if valid.any() and (not model.needs_prompts or len(prompts[k][2]))
-            ]
-            preds = model([read[k][0] for k in run], [prompts[k] for k in run]) if run else []
-            preds = dict(zip(run, preds))
-            lines = []
-            for k, t in enumerate(batch):
-                image, valid = read[k]
+def predict_tiles(model, reader, tiles, per_tile, prompted):
+    """
+    Log lines of ``tiles`` (one model call for those that hold data and, for a model that needs
+    them, prompts).
+    """
+    read = [reader.read_tile(t) for t in tiles]
+    prompts = [per_tile.get(t.index, _empty_prompts()) for t in tiles]
+    run = [
+        k
+        for k, (_, valid) in enumerate(read)
+        if valid.any() and (not model.needs_prompts or len(prompts[k][2]))
+    ]
+    preds = dict(
+        zip(run, model([read[k][0] for k in run], [prompts[k] for k in run]) if run else [])
+    )
+    lines = []
+    for k, t in enumerate(tiles):
+        valid = read[k][1]
 
-                def cut_check(g, t=t):
-                    return (
-                        False if prompted else touches_inner_edge(g, t, reader.width, reader.height)
-                    )
+        def cut_check(g, t=t):
+            return False if prompted else touches_inner_edge(g, t, reader.width, reader.height)
 
-                dets = tile_detections(preds.get(k), t, valid, cut_check)
-                lines.append({"tile": t.index, "empty": not valid.any(), "dets": dets})
-            log.append(lines)
-            bar.update(len(batch))
-    return todo
+        dets = tile_detections(preds.get(k), t, valid, cut_check)
+        lines.append({"tile": t.index, "empty": not valid.any(), "dets": dets})
+    return lines
 
 
-def _write_outputs(reader, features, out_dir, path, class_names, min_score):
+def _write_outputs(reader, features, out_dir, path, class_names, min_score, formats=("geojson",)):
     stem = os.path.splitext(os.path.basename(path))[0]
     outputs = {}
     # COCO results in scene pixels (polygon exteriors; holes are not representable there).
@@ -511,23 +611,22 @@ def _write_outputs(reader, features, out_dir, path, class_names, min_score):
     confident = [f for f in features if f["score"] >= min_score]
     if reader.georeferenced:
         t = reader.src.transform
-        feats = []
+        geoms, props = [], []
         for f in confident:
-            g = shapely.make_valid(
-                affinity.affine_transform(f["geometry"], [t.a, t.b, t.d, t.e, t.xoff, t.yoff])
+            geoms.append(
+                shapely.make_valid(
+                    affinity.affine_transform(f["geometry"], [t.a, t.b, t.d, t.e, t.xoff, t.yoff])
+                )
             )
-            props = {"category_id": f["category_id"], "score": round(f["score"], 4)}
-            if class_names and 0 <= f["category_id"] < len(class_names):
-                props["class"] = class_names[f["category_id"]]
-            feats.append({"type": "Feature", "geometry": mapping(g), "properties": props})
-        gj = {
-            "type": "FeatureCollection",
-            "crs": {"type": "name", "properties": {"name": reader.src.crs.to_string()}},
-            "features": feats,
-        }
-        outputs["geojson"] = os.path.join(out_dir, f"{stem}.geojson")
-        with open(outputs["geojson"], "w") as fh:
-            json.dump(gj, fh)
+            p = {"category_id": f["category_id"], "score": round(f["score"], 4)}
+            if class_names:
+                known = 0 <= f["category_id"] < len(class_names)
+                p["class"] = class_names[f["category_id"]] if known else None
+            props.append(p)
+        for fmt in formats:
+            outputs[fmt] = write_features(
+                os.path.join(out_dir, stem + FORMATS[fmt]), geoms, props, reader.src.crs.to_string()
+            )
 
     outputs["overlay"] = os.path.join(out_dir, f"{stem}_overlay.png")
     _overlay(reader, confident, outputs["overlay"])
