@@ -35,7 +35,7 @@ def _rss_kb(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(n, chunk, device, steps, image_size):
+def measure(n, chunk, device, steps, image_size, iterative=False):
     """Run in a child process: one configuration, printed as JSON."""
     import tempfile
 
@@ -49,7 +49,16 @@ def measure(n, chunk, device, steps, image_size):
 
     cfg = load_config(
         os.path.join(HERE, "..", "projects", "SAMPrompt", "configs", "sam_instant_test.yaml"),
-        ["MODEL.DEVICE", device, "MODEL.SAM.PROMPTS_PER_CHUNK", chunk, "INPUT.RANDOM_FLIP", "none"],
+        [
+            "MODEL.DEVICE",
+            device,
+            "MODEL.SAM.PROMPTS_PER_CHUNK",
+            chunk,
+            "INPUT.RANDOM_FLIP",
+            "none",
+            "MODEL.SAM.ITERATIVE.ENABLED",
+            iterative,
+        ],
     )
 
     # One image with n small elliptic objects on a grid.
@@ -131,10 +140,17 @@ def main():
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--iterative",
+        action="store_true",
+        help="also measure iterative training (MODEL.SAM.ITERATIVE: 8 click + 2 mask-only rounds) "
+        "at the same chunk size",
+    )
+    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return measure(args.child[0], args.child[1], args.device, args.steps, args.image_size)
+        n, chunk, iterative = args.child
+        return measure(n, chunk, args.device, args.steps, args.image_size, bool(iterative))
 
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONWARNINGS="ignore")
     rows = {}
@@ -142,8 +158,9 @@ def main():
         f"device={args.device} chunk={args.chunk} (0 = one-shot) image={args.image_size}px tiny SAM"
     )
     print(f"{'instances':>9} {'mode':>9} {'peak MB':>9} {'step s':>8} {'inst/s':>8}")
+    modes = [(args.chunk, 0), (0, 0)] + ([(args.chunk, 1)] if args.iterative else [])
     for n in args.counts:
-        for chunk in (args.chunk, 0):
+        for chunk, iterative in modes:
             out = subprocess.run(
                 [
                     sys.executable,
@@ -157,6 +174,7 @@ def main():
                     "--child",
                     str(n),
                     str(chunk),
+                    str(iterative),
                 ],
                 env=env,
                 capture_output=True,
@@ -166,18 +184,28 @@ def main():
             if out.returncode:
                 sys.exit(f"configuration n={n} chunk={chunk} failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows[(n, chunk)] = r
-            mode = "chunked" if chunk else "one-shot"
+            rows[(n, chunk, iterative)] = r
+            mode = "iterative" if iterative else "chunked" if chunk else "one-shot"
             print(
                 f"{n:>9} {mode:>9} {r['peak_mb']:>9.1f} {r['step_s']:>8.3f} {r['inst_per_s']:>8.1f}",
                 flush=True,
             )
     lo, hi = min(args.counts), max(args.counts)
-    chunked_ratio = rows[(hi, args.chunk)]["peak_mb"] / rows[(lo, args.chunk)]["peak_mb"]
-    one_shot_ratio = rows[(hi, 0)]["peak_mb"] / rows[(lo, 0)]["peak_mb"]
+    chunked_ratio = rows[(hi, args.chunk, 0)]["peak_mb"] / rows[(lo, args.chunk, 0)]["peak_mb"]
+    one_shot_ratio = rows[(hi, 0, 0)]["peak_mb"] / rows[(lo, 0, 0)]["peak_mb"]
     throughput = min(
-        rows[(n, args.chunk)]["inst_per_s"] / rows[(n, 0)]["inst_per_s"] for n in args.counts
+        rows[(n, args.chunk, 0)]["inst_per_s"] / rows[(n, 0, 0)]["inst_per_s"] for n in args.counts
     )
+    if args.iterative:
+        vs_single = max(
+            rows[(n, args.chunk, 1)]["peak_mb"] / rows[(n, args.chunk, 0)]["peak_mb"]
+            for n in args.counts
+        )
+        growth = rows[(hi, args.chunk, 1)]["peak_mb"] / rows[(lo, args.chunk, 1)]["peak_mb"]
+        print(
+            f"iterative_vs_single_peak_mem={vs_single:.2f} "
+            f"iterative_peak_mem_ratio_{hi}_vs_{lo}={growth:.2f}"
+        )
     print(
         f"peak_mem_ratio_{hi}_vs_{lo}={chunked_ratio:.2f} one_shot_ratio={one_shot_ratio:.2f} "
         f"throughput_chunked_vs_one_shot={throughput:.2f}"

@@ -102,6 +102,22 @@ def add_sam_config(cfg):
     # lowest loss and, at inference, keep the one with the highest predicted IoU (SAM paper).
     _C.MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT = True
 
+    # SAM's iterative training: after the first prompt (box or point), CLICK_ROUNDS rounds each
+    # add one click sampled in the error of the previous prediction (positive in a false
+    # negative, negative in a false positive) with the previous low-resolution logits as mask
+    # prompt, then MASK_ONLY_ROUNDS rounds with the mask prompt alone. The loss is taken at every
+    # round (previous logits detached); memory stays that of one round of one chunk.
+    _C.MODEL.SAM.ITERATIVE = CN()
+    _C.MODEL.SAM.ITERATIVE.ENABLED = False
+    _C.MODEL.SAM.ITERATIVE.CLICK_ROUNDS = 8
+    _C.MODEL.SAM.ITERATIVE.MASK_ONLY_ROUNDS = 2
+
+    # Interactive evaluation (tools/train_net.py --interactive): per instance, the first prompt
+    # then corrective clicks at the interior of the largest error region, up to MAX_CLICKS in all;
+    # mIoU@1/3/5/10, NoC@85/90 beside COCO AP. 0 = off.
+    _C.MODEL.SAM.INTERACTIVE_EVAL = CN()
+    _C.MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS = 0
+
     _C.MODEL.SAM.LOSS = CN()
     # Weights of the per-instance losses (SAM paper: focal 20 : dice 1 : IoU-prediction MSE 1).
     _C.MODEL.SAM.LOSS.FOCAL_WEIGHT = 20.0

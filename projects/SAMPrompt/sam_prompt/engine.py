@@ -40,7 +40,7 @@ from detectron2.utils.logger import setup_logger
 from .checkpoint import SAMCheckpointer
 from .config import load_config
 from .data.register import register_dataset
-from .evaluation import SAMCOCOEvaluator, has_compiled_ops
+from .evaluation import InteractiveEvaluator, SAMCOCOEvaluator, has_compiled_ops
 from .mapper import SAMDatasetMapper
 from .modeling import uses_prompts
 
@@ -90,6 +90,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=folder))
     if kind in ("coco", "coco_panoptic_seg"):
         evaluators.append(coco_evaluator(cfg, dataset_name, output_folder))
+    if uses_prompts(cfg) and cfg.MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS > 0:
+        evaluators.append(InteractiveEvaluator(dataset_name, output_folder or cfg.OUTPUT_DIR))
     if kind == "coco_panoptic_seg":
         evaluators.append(COCOPanopticEvaluator(dataset_name, folder))
     if kind == "cityscapes_instance":
@@ -258,6 +260,12 @@ def argument_parser():
     )
     parser.add_argument("--data-root", metavar="DIR", help="shorthand for DATASETS.ROOT")
     parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="also evaluate with up to 20 corrective clicks per instance (mIoU@k, NoC@85/90); "
+        "shorthand for MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS 20",
+    )
+    parser.add_argument(
         "--class-attribute", metavar="ATTR", help="shorthand for DATASETS.VIA_CLASS_ATTRIBUTE"
     )
     parser.add_argument(
@@ -295,6 +303,8 @@ def setup(args):
     shorthands = []
     if getattr(args, "prompt", None):
         shorthands += ["MODEL.SAM.PROMPT.TYPE", args.prompt]
+    if getattr(args, "interactive", False):
+        shorthands += ["MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS", 20]
     if getattr(args, "dataset", None):
         shorthands += [
             "DATASETS.TRAIN",

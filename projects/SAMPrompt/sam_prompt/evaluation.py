@@ -2,12 +2,15 @@
 
 import copy
 import itertools
+import json
 import logging
 import numbers
+import os
 
-from detectron2.evaluation import COCOEvaluator
+import numpy as np
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
-__all__ = ["SAMCOCOEvaluator", "has_compiled_ops", "has_faster_coco_eval"]
+__all__ = ["SAMCOCOEvaluator", "InteractiveEvaluator", "has_compiled_ops", "has_faster_coco_eval"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +93,79 @@ def evaluate_coco(coco_gt, coco_results, iou_type, img_ids=None, max_dets_per_im
     coco_eval.accumulate()
     coco_eval.summarize()
     return coco_eval
+
+
+class InteractiveEvaluator(DatasetEvaluator):
+    """
+    Click metrics of an interactive evaluation (``MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS``): the
+    model reports each instance's IoU after 1..C clicks (``interactive_ious``, the first prompt
+    being click 1); this evaluator reports mIoU@1/3/5/10, NoC@85, NoC@90 (C when never reached)
+    and the share of instances never reaching 90%, appends them to ``metrics.json`` and draws
+    mIoU against clicks in ``interactive_miou.png`` in the output folder.
+    """
+
+    def __init__(self, dataset_name, output_dir=None, distributed=True):
+        self._dataset_name = dataset_name
+        self._output_dir = output_dir
+        self._distributed = distributed
+        self.reset()
+
+    def reset(self):
+        self._ious = []
+
+    def process(self, inputs, outputs):
+        for o in outputs:
+            if "interactive_ious" not in o:
+                raise ValueError(
+                    "the model reports no interactive_ious: set MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS"
+                )
+            self._ious.append(o["interactive_ious"].cpu().numpy())
+
+    def evaluate(self):
+        from detectron2.utils import comm
+
+        from .modeling.clicks import interactive_metrics
+
+        ious = self._ious
+        if self._distributed:
+            comm.synchronize()
+            ious = list(itertools.chain(*comm.gather(ious, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        ious = (
+            np.concatenate([i for i in ious if len(i)])
+            if any(len(i) for i in ious)
+            else np.zeros((0, 1))
+        )
+        metrics = interactive_metrics(ious)
+        curve = 100 * ious.mean(0) if len(ious) else np.zeros(0)
+        logger.info(
+            f"Interactive evaluation of {self._dataset_name} ({len(ious)} instances): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "instances")
+        )
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            with open(os.path.join(self._output_dir, "metrics.json"), "a") as f:
+                f.write(json.dumps({f"interactive/{k}": v for k, v in metrics.items()}) + "\n")
+            _plot_curve(
+                curve, self._dataset_name, os.path.join(self._output_dir, "interactive_miou.png")
+            )
+        return {"interactive": metrics}
+
+
+def _plot_curve(curve, name, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3)
+    ax.set_xlabel("clicks (the first prompt is click 1)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"Interactive segmentation: {name}")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -103,15 +103,15 @@ class _ChunkedLoss(torch.autograd.Function):
         total = None
         with torch.enable_grad():
             for chunk in chunks:
-                terms = loss_fn(emb, chunk)
-                if inputs and terms.requires_grad:
-                    for g, d in zip(
-                        grads, torch.autograd.grad(terms.sum(), inputs, allow_unused=True)
-                    ):
-                        if d is not None:
-                            g += d
-                terms = terms.detach()
-                total = terms if total is None else total + terms
+                for terms in _steps(loss_fn(emb, chunk)):
+                    if inputs and terms.requires_grad:
+                        for g, d in zip(
+                            grads, torch.autograd.grad(terms.sum(), inputs, allow_unused=True)
+                        ):
+                            if d is not None:
+                                g += d
+                    terms = terms.detach()
+                    total = terms if total is None else total + terms
         ctx.need = need
         ctx.save_for_backward(*grads)
         return total
@@ -128,12 +128,20 @@ class _ChunkedLoss(torch.autograd.Function):
         return (None, None, *[next(grads) if n else None for n in ctx.need])
 
 
+def _steps(result):
+    """A loss function's terms: one Tensor, or an iterator of Tensors (one per step)."""
+    return [result] if torch.is_tensor(result) else result
+
+
 def chunked_loss(loss_fn, chunks, embeddings, params):
     """
     ``sum(loss_fn(embeddings, c) for c in chunks)`` with memory bounded by one chunk.
 
     Args:
-        loss_fn (callable): (embeddings, chunk) -> Tensor[K] of loss terms.
+        loss_fn (callable): (embeddings, chunk) -> Tensor[K] of loss terms, or an iterator of
+            such Tensors whose graphs are independent apart from ``embeddings`` and ``params``
+            (e.g. rounds of corrective clicks, each fed the previous round's detached output):
+            each is back-propagated as soon as it is produced, so memory is that of one step.
         chunks (list): per-chunk arguments of ``loss_fn``.
         embeddings (Tensor): the image embeddings (may require grad through the encoder).
         params (list[Tensor]): every trainable parameter that ``loss_fn`` uses besides
@@ -143,5 +151,5 @@ def chunked_loss(loss_fn, chunks, embeddings, params):
         Tensor[K]
     """
     if not torch.is_grad_enabled():
-        return sum(loss_fn(embeddings, c) for c in chunks)
+        return sum(t for c in chunks for t in _steps(loss_fn(embeddings, c)))
     return _ChunkedLoss.apply(loss_fn, chunks, embeddings, *params)

@@ -2,16 +2,19 @@
 
 import logging
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import BitMasks, Instances, PolygonMasks, polygons_to_bitmask
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 from torch import nn
 
-from ..prompts import prompt_instances, validate_prompt_source
+from ..prompts import PAD_LABEL, prompt_instances, validate_prompt_source
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
+from .clicks import append_clicks, corrective_click, sample_clicks
 from .embedding_cache import EmbeddingCache, module_digest
 from .losses import chunked_loss, mask_losses
 
@@ -58,6 +61,9 @@ class SAMPrompt(nn.Module):
         warmup_iters=0,
         freeze=(),
         embedding_cache=None,
+        click_rounds=0,
+        mask_only_rounds=0,
+        interactive_clicks=0,
         score_mode="detector",
     ):
         """
@@ -77,6 +83,13 @@ class SAMPrompt(nn.Module):
             freeze (iterable[str]): names of SAM parts kept fixed: "image_encoder",
                 "prompt_encoder", "mask_decoder".
             embedding_cache (EmbeddingCache): re-use image embeddings (frozen encoder only).
+            click_rounds (int): training rounds after the first prompt that each add a click
+                sampled in the previous prediction's error, with the previous low-resolution
+                logits as mask prompt (``MODEL.SAM.ITERATIVE``); 0 = single-prompt training.
+            mask_only_rounds (int): further rounds with the mask prompt and no new click (one
+                last, the others at random positions among the click rounds).
+            interactive_clicks (int): at inference, also report each instance's IoU after 1..C
+                clicks (``interactive_ious``; the first prompt is click 1).
             score_mode (str): score of masks whose prompts carry ``prompt_scores`` (a
                 detector's): "detector" (that score) or "detector_x_iou" (times SAM's predicted
                 IoU).
@@ -111,6 +124,9 @@ class SAMPrompt(nn.Module):
                 "the cache off (MODEL.SAM.EMBEDDING_CACHE '')"
             )
         self.embedding_cache = embedding_cache
+        self.click_rounds = click_rounds
+        self.mask_only_rounds = mask_only_rounds
+        self.interactive_clicks = interactive_clicks
         self._encoder_digest = None  # of the weights the cached embeddings were computed with
         self.register_load_state_dict_post_hook(lambda module, keys: module._forget_digest())
         for part in freeze:
@@ -158,6 +174,9 @@ class SAMPrompt(nn.Module):
             "warmup_iters": cfg.SOLVER.WARMUP_ITERS,
             "freeze": freeze,
             "embedding_cache": _embedding_cache_from_cfg(s),
+            "click_rounds": s.ITERATIVE.CLICK_ROUNDS if s.ITERATIVE.ENABLED else 0,
+            "mask_only_rounds": s.ITERATIVE.MASK_ONLY_ROUNDS if s.ITERATIVE.ENABLED else 0,
+            "interactive_clicks": s.INTERACTIVE_EVAL.MAX_CLICKS,
         }
 
     @property
@@ -250,9 +269,9 @@ class SAMPrompt(nn.Module):
             return False
         return points[0].shape[1] == 1
 
-    def _decode(self, embedding, boxes, points, multimask):
+    def _decode(self, embedding, boxes, points, multimask, masks=None):
         """Decode prompts against one image embedding (1, C, h, w) -> (logits, iou_pred)."""
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         return self.sam.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
@@ -330,12 +349,20 @@ class SAMPrompt(nn.Module):
         logits, iou_pred = self._decode(
             embeddings[b : b + 1], boxes, points, self._multimask(points)
         )
+        kept = self._kept_logits(logits, iou_pred)
         # Targets cover the unpadded image on the decoder's grid.
         gh, gw = targets.shape[-2:]
         with torch.no_grad():  # the mask inference would keep: empty ones mean collapse
-            pick = iou_pred.argmax(1)
-            kept = logits[torch.arange(len(pick), device=pick.device), pick, :gh, :gw]
-            self._empty_masks += int((kept <= self.mask_threshold).flatten(1).all(1).sum())
+            self._empty_masks += int(
+                (kept[:, 0, :gh, :gw] <= self.mask_threshold).flatten(1).all(1).sum()
+            )
+        terms = self._mask_losses(logits, iou_pred, targets)
+        if not self.click_rounds and not self.mask_only_rounds:
+            return terms
+        return self._click_rounds(embeddings[b : b + 1], boxes, points, targets, terms, kept)
+
+    def _mask_losses(self, logits, iou_pred, targets):
+        gh, gw = targets.shape[-2:]
         return mask_losses(
             logits[..., :gh, :gw],
             iou_pred,
@@ -346,6 +373,41 @@ class SAMPrompt(nn.Module):
             threshold=self.mask_threshold,
             focal_region=self.focal_region,
         )
+
+    @staticmethod
+    def _kept_logits(logits, iou_pred):
+        """The candidate mask inference keeps (highest predicted IoU): (N, 1, h, w)."""
+        pick = iou_pred.argmax(1)
+        return logits[torch.arange(len(pick), device=pick.device), pick][:, None]
+
+    def _click_rounds(self, embedding, boxes, points, targets, first_terms, kept):
+        """
+        SAM's iterative training, as a sequence of independent steps (each back-propagated by
+        ``chunked_loss`` as it comes): the first prompt, then rounds that each add a click sampled
+        in the error of the previous prediction and feed its logits (detached) as mask prompt,
+        and mask-only rounds. The loss is the mean over rounds.
+        """
+        rounds = 1 + self.click_rounds + self.mask_only_rounds
+        yield first_terms / rounds
+        later = self.click_rounds + self.mask_only_rounds
+        mask_only = (
+            {later}
+            | set((torch.randperm(max(later - 1, 1))[: self.mask_only_rounds - 1] + 1).tolist())
+            if self.mask_only_rounds
+            else set()
+        )
+        gh, gw = targets.shape[-2:]
+        stride = self.image_size / kept.shape[-1]
+        for r in range(1, rounds):
+            prev = kept.detach()
+            if r not in mask_only:
+                coords, labels = sample_clicks(
+                    prev[:, 0, :gh, :gw] > self.mask_threshold, targets, stride
+                )
+                points = append_clicks(points, coords, labels)
+            logits, iou_pred = self._decode(embedding, boxes, points, False, masks=prev)
+            kept = self._kept_logits(logits, iou_pred)
+            yield self._mask_losses(logits, iou_pred, targets) / rounds
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -382,7 +444,64 @@ class SAMPrompt(nn.Module):
             result.scores = scores
             result.pred_classes = inst.prompt_classes.to(self.device)
             results.append({"instances": result})
+            if self.interactive_clicks:
+                results[-1]["interactive_ious"] = self._interactive(embeddings[b : b + 1], x, inst)
         return results
+
+    def _interactive(self, embedding, x, inst):
+        """
+        IoU of each instance after 1..C clicks (the first prompt, then corrective clicks at the
+        interior of the largest error region), at the input resolution, re-using the embedding.
+
+        Returns:
+            Tensor[N, C] (CPU)
+        """
+        if not inst.has("gt_masks"):
+            raise ValueError(
+                f"{x.get('file_name', 'An input')}: the interactive evaluation needs ground-truth "
+                "masks (prompts from the ground truth, not a detector)"
+            )
+        h, w = x["image"].shape[-2:]
+        gt = inst.gt_masks
+        if isinstance(gt, PolygonMasks):
+            gt = (
+                np.stack([polygons_to_bitmask(p, h, w) for p in gt.polygons])
+                if len(gt)
+                else np.zeros((0, h, w), bool)
+            )
+        else:
+            gt = gt.tensor.cpu().numpy().astype(bool)
+        clicks = self.interactive_clicks
+        ious = torch.zeros((len(inst), clicks))
+        boxes, points = self._prompt_tensors(inst)
+        gt_t = torch.from_numpy(gt).to(self.device)
+        S = self.image_size
+        for sl in self._chunk_slices(len(inst)):
+            pts = None if points is None else (points[0][sl], points[1][sl])
+            box = None if boxes is None else boxes[sl]
+            mask_in = None
+            for k in range(clicks):
+                multimask = k == 0 and self._multimask(pts)
+                logits, iou_pred = self._decode(embedding, box, pts, multimask, masks=mask_in)
+                kept = self._kept_logits(logits, iou_pred)
+                up = F.interpolate(kept.float(), (S, S), mode="bilinear", align_corners=False)
+                pred = up[:, 0, :h, :w] > self.mask_threshold
+                g = gt_t[sl]
+                inter = (pred & g).flatten(1).sum(1).float()
+                union = (pred | g).flatten(1).sum(1).float()
+                ious[sl, k] = (inter / union.clamp(min=1)).cpu()
+                if k == clicks - 1:
+                    break
+                coords, labels = [], []
+                for p, t in zip(pred.cpu().numpy(), gt[sl]):
+                    click = corrective_click(p, t)
+                    coords.append(click[0] if click else (0.0, 0.0))
+                    labels.append(click[1] if click else PAD_LABEL)
+                coords = torch.tensor(coords, device=self.device, dtype=torch.float32)[:, None]
+                labels = torch.tensor(labels, device=self.device)[:, None]
+                pts = append_clicks(pts, coords, labels)
+                mask_in = kept
+        return ious
 
 
 def _embedding_cache_from_cfg(s):
