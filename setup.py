@@ -33,7 +33,9 @@ setup(
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         # tools/predict.py --ray (Ray Data on a local instance or a cluster)
         "ray": ["ray[data]>=2.40"],
+        # MODEL.SAM.LORA (adapters on the image encoder)
+        "lora": ["peft>=0.13"],
         # what `make test` installs: the test runner and every optional path the tests cover
-        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "ray[data]>=2.40"],
+        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "ray[data]>=2.40", "peft>=0.13"],
     },
 )

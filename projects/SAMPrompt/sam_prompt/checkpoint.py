@@ -65,18 +65,23 @@ class SAMCheckpointer(DetectionCheckpointer):
             ) from e
 
     def _load_model(self, checkpoint):
+        _map_lora_keys(checkpoint["model"], self.model.state_dict())
         incompatible = super()._load_model(checkpoint)
         if self.allow_partial or not hasattr(_unwrap(self.model), "sam"):
             return incompatible
-        prefix = "module.sam." if self.model is not _unwrap(self.model) else "sam."
-        missing = [k for k in incompatible.missing_keys if k.startswith(prefix)]
+        # LoRA adapters absent from a checkpoint start fresh (fine-tuning a model with LoRA).
+        missing = [
+            k for k in incompatible.missing_keys if k.startswith("sam.") and ".lora_" not in k
+        ]
         shapes = [
             f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes
         ]
         if missing or shapes:
             hint = ""
             unexpected = incompatible.unexpected_keys
-            if any(
+            if any(".lora_" in k for k in unexpected):
+                hint = " It was trained with LoRA adapters: set MODEL.SAM.LORA.* as in training."
+            elif any(
                 k.split(".")[0] in ("image_encoder", "prompt_encoder", "mask_decoder")
                 for k in unexpected
             ):
@@ -127,3 +132,11 @@ class SAMCheckpointer(DetectionCheckpointer):
 
 def _unwrap(model):
     return getattr(model, "module", model)
+
+
+def _map_lora_keys(state, own):
+    """Weights saved without LoRA load into the base layers of a model with LoRA adapters."""
+    for key in [k for k in list(state) if k not in own]:
+        wrapped = key.rsplit(".", 1)[0] + ".base_layer." + key.rsplit(".", 1)[1]
+        if wrapped in own:
+            state[wrapped] = state.pop(key)

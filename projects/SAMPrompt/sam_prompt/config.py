@@ -89,6 +89,13 @@ def add_sam_config(cfg):
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False
     _C.MODEL.SAM.FREEZE_PROMPT_ENCODER = False
     _C.MODEL.SAM.FREEZE_MASK_DECODER = False
+    # LoRA adapters on the image encoder (through peft): RANK > 0 freezes the encoder's weights and
+    # trains rank-RANK adapters on TARGET_MODULES (the attention projections), scaled ALPHA / RANK.
+    _C.MODEL.SAM.LORA = CN()
+    _C.MODEL.SAM.LORA.RANK = 0
+    _C.MODEL.SAM.LORA.ALPHA = 16.0
+    _C.MODEL.SAM.LORA.TARGET_MODULES = ["qkv"]
+    _C.MODEL.SAM.LORA.DROPOUT = 0.0
     # With a frozen image encoder, compute each image embedding once: "" (off), "memory", or a
     # folder (kept across runs). Keyed by the encoder input (a flipped image is another key) and a
     # digest of the encoder weights, so never stale. Refused when the encoder is trained.

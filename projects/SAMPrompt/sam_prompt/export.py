@@ -71,9 +71,10 @@ def export_sam_checkpoint(model, cfg, path):
         list[str]: the files written.
     """
     from .modeling.build_sam import sam_arch_from_cfg
+    from .modeling.lora import merge_lora
 
     check_writable(path)
-    torch.save({k: v.detach().cpu() for k, v in model.sam.state_dict().items()}, path)
+    torch.save({k: v.cpu() for k, v in merge_lora(model.sam).items()}, path)  # LoRA merged
     written = [path]
     if cfg.MODEL.SAM.TYPE == "custom":
         arch = sam_arch_from_cfg(cfg)

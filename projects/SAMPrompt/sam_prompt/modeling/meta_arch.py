@@ -149,6 +149,17 @@ class SAMPrompt(nn.Module):
         sam = build_sam(**sam_arch_from_cfg(cfg))
         if s.CHECKPOINT:
             load_sam_checkpoint(sam, s.CHECKPOINT)
+        if s.LORA.RANK > 0:
+            if s.FREEZE_IMAGE_ENCODER or s.EMBEDDING_CACHE:
+                raise ValueError(
+                    "MODEL.SAM.LORA trains adapters in the image encoder: it cannot be combined with "
+                    "MODEL.SAM.FREEZE_IMAGE_ENCODER or MODEL.SAM.EMBEDDING_CACHE"
+                )
+            from .lora import add_lora
+
+            sam.image_encoder = add_lora(
+                sam.image_encoder, s.LORA.RANK, s.LORA.ALPHA, s.LORA.TARGET_MODULES, s.LORA.DROPOUT
+            )
         freeze = [
             name
             for name, on in [
