@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samprompt-setup
 
-.PHONY: setup test test-fast format demo pretrain bench clean-venv
+.PHONY: setup test test-fast format demo bench clean-venv
 
 setup: $(STAMP)
 
