@@ -3,9 +3,10 @@
 tools/predict.py at scale: 8 synthetic 1024 x 1024 GeoTIFF scenes, a small SAM prompted by pixel
 boxes, in-process vs Ray Data with 1 and 2 model actors on this machine.
 
-Each mode runs in its own process (a fresh Ray instance for the Ray modes). In-process runs on one
-thread, as one Ray actor does (num_cpus=1): ray_vs_inprocess compares equal cores. Times cover
-predicting and writing every scene, Ray's actor start-up included, not Python or Ray start-up.
+Each mode runs in its own process (a fresh Ray instance for the Ray modes) on the machine's 2 CPUs:
+in-process with torch's 2 threads, Ray with 1 actor of 2 CPUs, or 2 actors of 1 CPU each, so that
+every mode has the same cores. Times cover predicting and writing every scene, the model build and
+Ray's actor start-up included, not Python or Ray start-up.
 
     python benchmarks/predict_scale.py [--scenes 8] [--size 1024]
 
@@ -66,7 +67,6 @@ def make_scenes(folder, n, size, seed=0):
 
 
 def run_mode(mode, folder, paths, prompts):
-    import torch
     from detectron2.utils.logger import setup_logger
 
     from sam_prompt.config import load_config
@@ -85,7 +85,6 @@ def run_mode(mode, folder, paths, prompts):
     )
     jobs = [(p, os.path.join(folder, mode, os.path.basename(p)[:-4])) for p in paths]
     if mode == "inprocess":
-        torch.set_num_threads(1)
         start = time.perf_counter()
         model = TileModel(cfg)
         for p, out in jobs:

@@ -90,6 +90,10 @@ def main(argv=None):
     )
     parser.add_argument("--workers", type=int, default=1, help="model actors (--ray)")
     parser.add_argument(
+        "--cpus-per-worker", type=int, default=1,
+        help="CPUs (torch threads) each model actor reserves when it has no GPU (--ray)",
+    )
+    parser.add_argument(
         "--format",
         default="geojson",
         help="map outputs of georeferenced scenes, comma-separated: geojson, gpkg (GeoPackage)",

@@ -98,6 +98,7 @@ def predict_scenes_ray(
     prompt_type,
     workers=1,
     num_gpus_per_worker=0,
+    cpus_per_worker=1,
     batch_size=4,
     tile_size=512,
     overlap=128,
@@ -116,7 +117,8 @@ def predict_scenes_ray(
     Args:
         cfg: the model's config (built once per actor).
         jobs (list[tuple[str, str]]): (scene path, output folder) pairs.
-        workers (int): model actors; num_gpus_per_worker (float): GPUs each reserves.
+        workers (int): model actors; num_gpus_per_worker (float): GPUs each reserves;
+            cpus_per_worker (int): CPUs each reserves without GPUs (its torch threads).
         The rest: as :func:`sam_prompt.scene.predict_scene`.
 
     Returns:
@@ -163,7 +165,7 @@ def predict_scenes_ray(
                 batch_format="numpy",
                 concurrency=workers,
                 num_gpus=num_gpus_per_worker,
-                num_cpus=0 if num_gpus_per_worker else 1,
+                num_cpus=0 if num_gpus_per_worker else cpus_per_worker,
             )
             for row in ds.iter_rows():  # streamed: each tile is logged when it is done
                 plans[int(row["scene"])].log.append([json.loads(row["line"])])
