@@ -5,8 +5,10 @@ full fine-tuning vs LoRA on the image encoder (rank 8, on qkv) vs a frozen image
 
     python benchmarks/finetune_modes.py [--image-size 1024] [--instances 20] [--device cpu]
 
-Each mode runs in a fresh process; memory is the peak above the level before the step (CPU: peak
-resident set, VmHWM; CUDA: the allocator's peak). The image size is the encoder input (ViT-B's is
+Each mode runs in a fresh process; memory is what a GPU would have to hold: the peak during two
+training steps (weights, gradients, optimizer state and activations) above the level before the
+model is built (CPU: peak resident set, VmHWM; CUDA: the allocator's peak). The step time is that
+of the second step. The image size is the encoder input (ViT-B's is
 1024); a smaller one keeps the run short on the CPU and is printed with the results.
 
 Last line: lora_vs_full_peak_mem=<x> lora_vs_full_step_time=<y>
@@ -85,6 +87,14 @@ def measure(mode, image_size, instances, device):
         os.path.join(tempfile.mkdtemp(), "b.png"), shapes, size=(image_size, image_size)
     )
     batch = [SAMDatasetMapper(cfg, is_train=True)(record)]
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _rss_kb("VmRSS:")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
@@ -97,15 +107,7 @@ def measure(mode, image_size, instances, device):
         sum(losses.values()).backward()
         opt.step()
 
-    step()  # warm-up: optimizer state allocated
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _rss_kb("VmRSS:")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+    step()  # the first step allocates the optimizer state
     t0 = time.perf_counter()
     step()
     if device == "cuda":
