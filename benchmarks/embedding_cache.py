@@ -61,7 +61,9 @@ def main():
             for _ in range(30)
         ]
         records.append(
-            shapes_image(os.path.join(folder, f"{i}.png"), shapes, size=(args.image_size,) * 2, seed=i)
+            shapes_image(
+                os.path.join(folder, f"{i}.png"), shapes, size=(args.image_size,) * 2, seed=i
+            )
         )
     mapper = SAMDatasetMapper(cfg, is_train=True)
     model = build_model(cfg)

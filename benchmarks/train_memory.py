@@ -40,8 +40,12 @@ def _rss_kb(field):
 # The decoder at ViT-B size (256 channels, 64 x 64 embedding of a 1024-px input) behind a tiny
 # encoder, so that the step measures the decoding that chunking bounds.
 VIT_B_DECODER = [
-    "MODEL.SAM.CUSTOM.IMAGE_SIZE", 1024, "MODEL.SAM.CUSTOM.PROMPT_EMBED_DIM", 256,
-    "MODEL.SAM.CUSTOM.DECODER_MLP_DIM", 2048,
+    "MODEL.SAM.CUSTOM.IMAGE_SIZE",
+    1024,
+    "MODEL.SAM.CUSTOM.PROMPT_EMBED_DIM",
+    256,
+    "MODEL.SAM.CUSTOM.DECODER_MLP_DIM",
+    2048,
 ]
 
 
@@ -158,11 +162,15 @@ def main():
         "at the same chunk size",
     )
     parser.add_argument(
-        "--decoder", choices=("tiny", "vit_b"), default="tiny",
+        "--decoder",
+        choices=("tiny", "vit_b"),
+        default="tiny",
         help="vit_b: the mask decoder at ViT-B size (256 channels, 64 x 64 embedding, 1024-px input)",
     )
     parser.add_argument(
-        "--one-shot-max", type=int, default=None,
+        "--one-shot-max",
+        type=int,
+        default=None,
         help="one-shot decoding only up to this many instances (default: all; 100 for --decoder "
         "vit_b, where one-shot decoding takes ~111 MB per prompt)",
     )

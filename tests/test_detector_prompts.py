@@ -200,10 +200,13 @@ def test_comparison_command_end_to_end(tmp_path):
         "SAM, point prompts",
         "SAM prompted by Mask R-CNN",
         "filled prompt box (trivial)",
+        "ellipse in prompt box (trivial)",
     ]
     # A 2-iteration detector may find nothing (AP undefined: null); the others are numbers.
     assert all(r["AP"] is None or 0 <= r["AP"] <= 100 for r in rows)
     assert all(r["AP"] is not None for r in rows[1:3])
     assert rows[4]["AP50"] == 100.0  # filled ground-truth boxes always overlap their cells by > 50%
+    assert rows[5]["AP"] > rows[4]["AP"]  # rounded cells: the ellipse beats the filled box
+    assert all(r["train_seconds"] > 0 for r in rows[:3])  # training time of the trained rows
     assert "| SAM prompted by Mask R-CNN" in (out / "comparison.md").read_text()
     assert (out / "mask_rcnn" / "coco_instances_results.json").exists()

@@ -90,7 +90,9 @@ def main(argv=None):
     )
     parser.add_argument("--workers", type=int, default=1, help="model actors (--ray)")
     parser.add_argument(
-        "--cpus-per-worker", type=int, default=1,
+        "--cpus-per-worker",
+        type=int,
+        default=1,
         help="CPUs (torch threads) each model actor reserves when it has no GPU (--ray)",
     )
     parser.add_argument(
@@ -161,8 +163,8 @@ def main(argv=None):
         for (path, out_dir), s in zip(jobs, summaries):
             print(
                 f"{path}: {s['features']} features from {s['tiles']} tiles "
-                f"({s['tiles_run']} run now, {s['tiles_without_data']} without data skipped) "
-                f"-> {out_dir}"
+                f"({s['tiles_run']} run now, {s['tiles_per_s']:.2f} tiles/s, "
+                f"{s['tiles_without_data']} without data skipped) -> {out_dir}"
             )
             for kind, p in s["outputs"].items():
                 print(f"  {kind}: {p}")
