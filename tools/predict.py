@@ -27,7 +27,13 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from sam_prompt.checkpoint import CheckpointError  # noqa: E402
 from sam_prompt.config import load_config  # noqa: E402
-from sam_prompt.scene import TileModel, ensure_writable, model_digest, predict_scene  # noqa: E402
+from sam_prompt.scene import (  # noqa: E402
+    PredictSettings,
+    TileModel,
+    ensure_writable,
+    model_digest,
+    predict_scene,
+)
 from sam_prompt.tiling import SceneError  # noqa: E402
 from sam_prompt.vector import FORMATS, merge_layers  # noqa: E402
 
@@ -127,7 +133,7 @@ def main(argv=None):
         cfg = load_config(args.config_file, args.opts)
         model_id = model_digest(cfg)
         names = args.class_names.split(",") if args.class_names else None
-        common = dict(
+        settings = PredictSettings(
             tile_size=args.tile_size,
             overlap=args.overlap,
             batch_size=args.batch_size,
@@ -151,15 +157,16 @@ def main(argv=None):
             summaries = predict_scenes_ray(
                 cfg,
                 jobs,
+                settings,
                 needs_prompts=needs,
                 prompt_type=prompt_type,
                 workers=args.workers,
                 num_gpus_per_worker=args.num_gpus_per_worker,
-                **common,
+                cpus_per_worker=args.cpus_per_worker,
             )
         else:
             model = TileModel(cfg)
-            summaries = [predict_scene(model, p, out, **common) for p, out in jobs]
+            summaries = [predict_scene(model, p, out, settings) for p, out in jobs]
         for (path, out_dir), s in zip(jobs, summaries):
             print(
                 f"{path}: {s['features']} features from {s['tiles']} tiles "

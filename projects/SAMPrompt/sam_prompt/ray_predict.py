@@ -93,23 +93,14 @@ class _TileActor:
 def predict_scenes_ray(
     cfg,
     jobs,
+    settings=None,
     *,
     needs_prompts,
     prompt_type,
     workers=1,
     num_gpus_per_worker=0,
     cpus_per_worker=1,
-    batch_size=4,
-    tile_size=512,
-    overlap=128,
-    prompts_file=None,
-    class_names=None,
-    overview_size=1024,
-    min_score=0.5,
-    bands=None,
-    model_id=None,
-    strict_prompts=True,
-    formats=("geojson",),
+    **kwargs,
 ):
     """
     Predict scenes on the Ray cluster that :func:`init_ray` joined.
@@ -117,9 +108,10 @@ def predict_scenes_ray(
     Args:
         cfg: the model's config (built once per actor).
         jobs (list[tuple[str, str]]): (scene path, output folder) pairs.
+        settings (PredictSettings): or its fields as keyword arguments (as in-process).
+        needs_prompts, prompt_type: of the model (:meth:`sam_prompt.scene.TileModel.describe`).
         workers (int): model actors; num_gpus_per_worker (float): GPUs each reserves;
             cpus_per_worker (int): CPUs each reserves without GPUs (its torch threads).
-        The rest: as :func:`sam_prompt.scene.predict_scene`.
 
     Returns:
         list[dict]: one summary per scene, in the order of ``jobs``.
@@ -128,22 +120,11 @@ def predict_scenes_ray(
 
     import ray
 
-    from .scene import finish_scene, plan_scene
+    from .scene import PredictSettings, finish_scene, plan_scene
 
+    settings = settings or PredictSettings(**kwargs)
     plans = [
-        plan_scene(
-            path,
-            out_dir,
-            needs_prompts=needs_prompts,
-            prompt_type=prompt_type,
-            tile_size=tile_size,
-            overlap=overlap,
-            prompts_file=prompts_file,
-            overview_size=overview_size,
-            bands=bands,
-            model_id=model_id,
-            strict_prompts=strict_prompts,
-        )
+        plan_scene(path, out_dir, settings, needs_prompts=needs_prompts, prompt_type=prompt_type)
         for path, out_dir in jobs
     ]
     try:
@@ -154,14 +135,14 @@ def predict_scenes_ray(
         start = time.time()
         if rows:
             shared = {
-                i: (p.path, overview_size, p.reader.bands, p.per_tile, p.prompted, p.tiles)
+                i: (p.path, settings.overview_size, p.reader.bands, p.per_tile, p.prompted, p.tiles)
                 for i, p in enumerate(plans)
             }
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
             ds = ds.map_batches(
                 _TileActor,
                 fn_constructor_args=(cfg, shared),
-                batch_size=batch_size,
+                batch_size=settings.batch_size,
                 batch_format="numpy",
                 concurrency=workers,
                 num_gpus=num_gpus_per_worker,
@@ -175,13 +156,5 @@ def predict_scenes_ray(
             p.reader.close()
         raise
     return [
-        finish_scene(
-            p,
-            class_names=class_names,
-            min_score=min_score,
-            seconds=seconds,
-            tiles_run=todo[i],
-            formats=formats,
-        )
-        for i, p in enumerate(plans)
+        finish_scene(p, settings, seconds=seconds, tiles_run=todo[i]) for i, p in enumerate(plans)
     ]

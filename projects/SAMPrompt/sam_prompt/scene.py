@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import shapely
@@ -371,6 +372,52 @@ def tile_detections(inst, tile, valid, cut_check):
     return dets
 
 
+@dataclass(frozen=True)
+class PredictSettings:
+    """
+    How scenes are predicted, the same for both backends (:func:`predict_scene`,
+    :func:`sam_prompt.ray_predict.predict_scenes_ray`).
+
+    Attributes:
+        tile_size, overlap (int): tiles and the pixels neighbours share (>= the largest object).
+        batch_size (int): tiles per model call.
+        prompts_file (str): COCO JSON or GeoJSON prompts (see :func:`load_prompts`), or None.
+        class_names (list[str]): names written beside the class ids.
+        overview_size (int): longest side of the overlay PNG.
+        min_score (float): the map outputs and overlay keep features scoring at least this (the
+            COCO results keep all, for AP).
+        bands (list[int]): the raster's R, G, B band numbers (default: by colour interpretation).
+        model_id (str): identifies the model (:func:`model_digest`); a folder holding a run of
+            another model is refused.
+        strict_prompts (bool): a scene none of whose prompts falls inside it is an error (a run
+            over many scenes checks that some scene had prompts instead).
+        formats (tuple[str]): map outputs of georeferenced scenes: "geojson" and/or "gpkg".
+    """
+
+    tile_size: int = 512
+    overlap: int = 128
+    batch_size: int = 4
+    prompts_file: Optional[str] = None
+    class_names: Optional[list] = None
+    overview_size: int = 1024
+    min_score: float = 0.5
+    bands: Optional[list] = None
+    model_id: Optional[str] = None
+    strict_prompts: bool = True
+    formats: tuple = ("geojson",)
+
+    def run_json(self, path, bands):
+        """What ties an output folder to a run (see :func:`check_output_folder`)."""
+        return {
+            "input": os.path.abspath(path),
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "prompts": os.path.abspath(self.prompts_file) if self.prompts_file else None,
+            "bands": bands,
+            "model": self.model_id,
+        }
+
+
 @dataclass
 class ScenePlan:
     """What is known about one scene before any tile runs (both backends use it)."""
@@ -392,56 +439,34 @@ class ScenePlan:
         return [t for t in self.tiles if t.index not in self.log.done]
 
 
-def plan_scene(
-    path,
-    out_dir,
-    *,
-    needs_prompts,
-    prompt_type,
-    tile_size=512,
-    overlap=128,
-    prompts_file=None,
-    overview_size=1024,
-    bands=None,
-    model_id=None,
-    strict_prompts=True,
-):
+def plan_scene(path, out_dir, settings, *, needs_prompts, prompt_type):
     """
     Open a scene, claim its output folder (refusing one that holds another run), cut it into
     tiles, assign the prompts to tiles and read what a previous run finished.
     """
-    if needs_prompts and not prompts_file:
+    s = settings
+    if needs_prompts and not s.prompts_file:
         raise SceneError(
             "this SAM model needs prompts: give --prompts FILE, or set MODEL.SAM.PROMPT.SOURCE "
             "detector with MODEL.SAM.DETECTOR.CONFIG_FILE/WEIGHTS"
         )
-    reader = SceneReader(path, max_overview=overview_size, bands=bands)
+    reader = SceneReader(path, max_overview=s.overview_size, bands=s.bands)
     try:
-        settings = {
-            "input": os.path.abspath(path),
-            "tile_size": tile_size,
-            "overlap": overlap,
-            "prompts": os.path.abspath(prompts_file) if prompts_file else None,
-            "bands": reader.bands,
-            "model": model_id,
-        }
-        check_output_folder(out_dir, settings)
-        tiles = tile_grid(reader.width, reader.height, tile_size, overlap)
+        check_output_folder(out_dir, s.run_json(path, reader.bands))
+        tiles = tile_grid(reader.width, reader.height, s.tile_size, s.overlap)
         per_tile = {}
-        if prompts_file:
+        if s.prompts_file:
             per_tile = _prompts_per_tile(
-                needs_prompts, prompt_type, reader, prompts_file, tiles, strict_prompts
+                needs_prompts, prompt_type, reader, s.prompts_file, tiles, s.strict_prompts
             )
         log = TileLog(os.path.join(out_dir, "tiles.jsonl"))
     except Exception:
         reader.close()
         raise
-    return ScenePlan(path, out_dir, reader, tiles, per_tile, log, bool(prompts_file))
+    return ScenePlan(path, out_dir, reader, tiles, per_tile, log, bool(s.prompts_file))
 
 
-def finish_scene(
-    plan, *, class_names=None, min_score=0.5, seconds=0.0, tiles_run=0, formats=("geojson",)
-):
+def finish_scene(plan, settings, *, seconds=0.0, tiles_run=0):
     """Stitch the scene's logged tiles and write its outputs; returns the run's summary."""
     records, empty = plan.log.records(plan.tiles)
     try:
@@ -449,7 +474,13 @@ def finish_scene(
             raise SceneError(f"{plan.path}: the scene holds no data (every tile is nodata or zero)")
         features = records if plan.prompted else stitch(records)
         outputs = _write_outputs(
-            plan.reader, features, plan.out_dir, plan.path, class_names, min_score, formats
+            plan.reader,
+            features,
+            plan.out_dir,
+            plan.path,
+            settings.class_names,
+            settings.min_score,
+            settings.formats,
         )
     finally:
         plan.reader.close()
@@ -466,59 +497,34 @@ def finish_scene(
     }
 
 
-def predict_scene(
-    model,
-    path,
-    out_dir,
-    *,
-    tile_size=512,
-    overlap=128,
-    batch_size=4,
-    prompts_file=None,
-    class_names=None,
-    overview_size=1024,
-    min_score=0.5,
-    bands=None,
-    model_id=None,
-    strict_prompts=True,
-    formats=("geojson",),
-):
+def predict_scene(model, path, out_dir, settings=None, **kwargs):
     """
-    Predict one scene into ``out_dir`` in this process (resuming from its ``tiles.jsonl``). The
-    overlay is drawn on the scene decimated to at most ``overview_size`` pixels a side. The
-    GeoJSON and the overlay hold features scoring at least ``min_score``; the COCO results hold
-    all (for AP). :mod:`sam_prompt.ray_predict` runs the same plan on a Ray cluster.
+    Predict one scene into ``out_dir`` in this process (resuming from its ``tiles.jsonl``).
+    :mod:`sam_prompt.ray_predict` runs the same plan on a Ray cluster.
 
     Args:
-        bands (list[int]): the raster's R, G, B band numbers (default: by colour interpretation).
-        model_id (str): identifies the model (:func:`model_digest`); a folder holding a run of
-            another model is refused.
-        formats (tuple[str]): map outputs of georeferenced scenes: "geojson" and/or "gpkg".
+        model: a :class:`TileModel` (or any callable with ``needs_prompts``).
+        settings (PredictSettings): or its fields as keyword arguments.
 
     Returns:
         dict: summary (tiles, tiles_run, tiles_without_data, seconds, tiles_per_s, features,
-        outputs, largest_read).
+        prompts, outputs, largest_read).
     """
+    settings = settings or PredictSettings(**kwargs)
     plan = plan_scene(
         path,
         out_dir,
+        settings,
         needs_prompts=model.needs_prompts,
         prompt_type=getattr(model, "prompt_type", None),
-        tile_size=tile_size,
-        overlap=overlap,
-        prompts_file=prompts_file,
-        overview_size=overview_size,
-        bands=bands,
-        model_id=model_id,
-        strict_prompts=strict_prompts,
     )
     try:
         start = time.time()
         todo = plan.todo
         desc = os.path.basename(path)
         with tqdm(total=len(plan.tiles), initial=len(plan.log.done), unit="tile", desc=desc) as bar:
-            for i in range(0, len(todo), batch_size):
-                batch = todo[i : i + batch_size]
+            for i in range(0, len(todo), settings.batch_size):
+                batch = todo[i : i + settings.batch_size]
                 plan.log.append(
                     predict_tiles(model, plan.reader, batch, plan.per_tile, plan.prompted)
                 )
@@ -527,14 +533,7 @@ def predict_scene(
     except BaseException:
         plan.reader.close()
         raise
-    return finish_scene(
-        plan,
-        class_names=class_names,
-        min_score=min_score,
-        seconds=seconds,
-        tiles_run=len(todo),
-        formats=formats,
-    )
+    return finish_scene(plan, settings, seconds=seconds, tiles_run=len(todo))
 
 
 def _prompts_per_tile(needs_prompts, prompt_type, reader, prompts_file, tiles, strict=True):
