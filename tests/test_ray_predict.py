@@ -11,6 +11,8 @@ from common import tiny_cfg
 from shapely.geometry import shape
 from test_scene import OBJECTS, UTM6N, _geojson, to_map, write_scene
 
+pytestmark = pytest.mark.slow  # a local Ray instance and model actors start in each test
+
 ray = pytest.importorskip(
     "ray", reason="Ray is an extra (pip install -e .[ray]); make test installs it"
 )
