@@ -345,3 +345,48 @@ def test_embedding_cache_fp16_is_close_and_training_works(records):
 def test_embedding_cache_refused_for_a_trained_encoder():
     with pytest.raises(ValueError, match="FREEZE_IMAGE_ENCODER"):
         build(MODEL__SAM__EMBEDDING_CACHE="memory")
+
+
+def test_box_as_mask_prompt_fills_the_box_on_the_mask_grid(records):
+    model = build(MODEL__SAM__PROMPT__BOX_AS_MASK="box")
+    h, w = model.sam.prompt_encoder.mask_input_size
+    stride = model.image_size / w
+    # Cells 2..5 (x) and 1..3 (y) fully inside; x2 ends half-way through cell 6.
+    box = torch.tensor([[2, 1, 6.5, 4]]) * stride
+    m = model._box_masks(box)[0, 0]
+    assert m.shape == (h, w)
+    assert (m[1:4, 2:6] == 1).all()
+    torch.testing.assert_close(m[1:4, 6], torch.zeros(3))  # half covered -> 0 (logit-like)
+    outside = torch.ones(h, w, dtype=torch.bool)
+    outside[1:4, 2:7] = False
+    assert (m[outside] == -1).all()
+
+    # The decoder gets it (a dense prompt that depends on the box) only for box prompts, and
+    # the output differs from the same model without it.
+    x = mapped(records, is_train=False)[0]
+    emb = model.sam.image_encoder(model.preprocess_image([x]))
+    boxes, _ = model._prompt_tensors(x["instances"])
+    with torch.no_grad():
+        with_mask, _ = model._decode(emb, boxes, None, False)
+        model.box_as_mask = ""
+        without, _ = model._decode(emb, boxes, None, False)
+        model.box_as_mask = "box"
+        fed, _ = model._decode(emb, boxes, None, False, masks=model._box_masks(boxes.flip(0)))
+    assert not torch.allclose(with_mask, without)
+    # An explicit mask prompt (a previous round's logits) is used as given.
+    assert not torch.allclose(fed[0], with_mask[0])
+
+
+def test_ellipse_as_mask_prompt_is_the_inscribed_ellipse():
+    model = build(MODEL__SAM__PROMPT__BOX_AS_MASK="ellipse")
+    h, w = model.sam.prompt_encoder.mask_input_size
+    stride = model.image_size / w
+    box = torch.tensor([[4, 6, 24, 16]]) * stride  # centre (14, 11), radii 10 x 5 cells
+    m = model._box_masks(box)[0, 0]
+    assert m.shape == (h, w) and m.min() >= -1 and m.max() <= 1
+    assert m[10:12, 13:15].min() == 1  # centre
+    assert m[6, 4] == -1 and m[15, 23] == -1  # box corners are outside the ellipse
+    assert m[10:12, 4].max() > -1 and m[10:12, 2].max() == -1  # left vertex, outside it
+    assert (m[:, 25:] == -1).all() and (m[17:] == -1).all()
+    with pytest.raises(ValueError, match="BOX_AS_MASK"):
+        build(MODEL__SAM__PROMPT__BOX_AS_MASK="circle")

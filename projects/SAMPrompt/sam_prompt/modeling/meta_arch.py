@@ -65,6 +65,7 @@ class SAMPrompt(nn.Module):
         mask_only_rounds=0,
         interactive_clicks=0,
         score_mode="detector",
+        box_as_mask="",
     ):
         """
         Args:
@@ -93,6 +94,9 @@ class SAMPrompt(nn.Module):
             score_mode (str): score of masks whose prompts carry ``prompt_scores`` (a
                 detector's): "detector" (that score) or "detector_x_iou" (times SAM's predicted
                 IoU).
+            box_as_mask (str): "" (off), "box" or "ellipse": also give box prompts as the dense
+                mask prompt (the filled box, or the ellipse inscribed in it) where no previous
+                mask is fed back (``MODEL.SAM.PROMPT.BOX_AS_MASK``).
         """
         super().__init__()
         if prompt_type not in ("box", "point"):
@@ -137,6 +141,11 @@ class SAMPrompt(nn.Module):
                 f"MODEL.SAM.DETECTOR.SCORE_MODE={score_mode!r}: detector or detector_x_iou"
             )
         self.score_mode = score_mode
+        if box_as_mask not in ("", "box", "ellipse"):
+            raise ValueError(
+                f"MODEL.SAM.PROMPT.BOX_AS_MASK={box_as_mask!r}: expected '', 'box' or 'ellipse'"
+            )
+        self.box_as_mask = box_as_mask
 
     @classmethod
     def from_config(cls, cfg):
@@ -188,6 +197,7 @@ class SAMPrompt(nn.Module):
             "click_rounds": s.ITERATIVE.CLICK_ROUNDS if s.ITERATIVE.ENABLED else 0,
             "mask_only_rounds": s.ITERATIVE.MASK_ONLY_ROUNDS if s.ITERATIVE.ENABLED else 0,
             "interactive_clicks": s.INTERACTIVE_EVAL.MAX_CLICKS,
+            "box_as_mask": s.PROMPT.BOX_AS_MASK,
         }
 
     @property
@@ -282,6 +292,8 @@ class SAMPrompt(nn.Module):
 
     def _decode(self, embedding, boxes, points, multimask, masks=None):
         """Decode prompts against one image embedding (1, C, h, w) -> (logits, iou_pred)."""
+        if masks is None and boxes is not None and self.box_as_mask:
+            masks = self._box_masks(boxes)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         return self.sam.mask_decoder(
             image_embeddings=embedding,
@@ -290,6 +302,37 @@ class SAMPrompt(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
+
+    def _box_masks(self, boxes):
+        """
+        Boxes (N, 4) in input pixels as mask prompts (N, 1, H, W) on SAM's mask-prompt grid,
+        logit-like: +1 inside, -1 outside. "box": the filled box, the share of each border cell
+        covered in between; "ellipse": the ellipse inscribed in the box, a one-cell ramp across
+        its outline.
+        """
+        h, w = self.sam.prompt_encoder.mask_input_size
+        stride = self.image_size / w
+        boxes = boxes.float() / stride
+        ys = torch.arange(h, device=boxes.device, dtype=torch.float32)
+        xs = torch.arange(w, device=boxes.device, dtype=torch.float32)
+        if self.box_as_mask == "ellipse":
+            x0, y0, x1, y1 = boxes.unbind(1)
+            rx, ry = ((x1 - x0) / 2).clamp(min=0.5), ((y1 - y0) / 2).clamp(min=0.5)
+            dx = (xs[None] + 0.5 - ((x0 + x1) / 2)[:, None]) / rx[:, None]  # (N, W)
+            dy = (ys[None] + 0.5 - ((y0 + y1) / 2)[:, None]) / ry[:, None]  # (N, H)
+            r = (dy[:, :, None] ** 2 + dx[:, None, :] ** 2).sqrt()
+            # (1 - r) x the smaller radius: about the signed distance to the outline, in cells.
+            return ((1 - r) * torch.minimum(rx, ry)[:, None, None] * 2).clamp(-1, 1)[:, None]
+
+        def cover(lo, hi, cells):  # (N,), (N,), (L,) -> (N, L): share of each cell in [lo, hi]
+            return (torch.minimum(cells + 1, hi[:, None]) - torch.maximum(cells, lo[:, None])).clamp(
+                0, 1
+            )
+
+        inside = cover(boxes[:, 1], boxes[:, 3], ys)[:, :, None] * cover(
+            boxes[:, 0], boxes[:, 2], xs
+        )[:, None, :]
+        return (2 * inside - 1)[:, None]
 
     def _chunk_slices(self, n):
         step = self.prompts_per_chunk if self.prompts_per_chunk > 0 else max(n, 1)
