@@ -186,6 +186,10 @@ def test_comparison_command_end_to_end(tmp_path):
             "2",
             "--sam-iters",
             "3",
+            "--point-iters",
+            "2",
+            "SEED",  # a random initialisation per run: the point row's weights must be row 2's
+            "-1",
         ],
         capture_output=True,
         text=True,
@@ -197,7 +201,7 @@ def test_comparison_command_end_to_end(tmp_path):
     assert [r["method"] for r in rows] == [
         "Mask R-CNN (MViTv2)",
         "SAM, box prompts",
-        "SAM, point prompts",
+        "SAM, point prompts (from row 2)",
         "SAM prompted by Mask R-CNN",
         "filled prompt box (trivial)",
         "ellipse in prompt box (trivial)",
@@ -210,3 +214,14 @@ def test_comparison_command_end_to_end(tmp_path):
     assert all(r["train_seconds"] > 0 for r in rows[:3])  # training time of the trained rows
     assert "| SAM prompted by Mask R-CNN" in (out / "comparison.md").read_text()
     assert (out / "mask_rcnn" / "coco_instances_results.json").exists()
+    # The point row starts from the box row's weights.
+    # (2 AdamW steps at lr <= 1e-3 move each weight by at most ~2e-3; another init by ~0.05)
+    import torch
+
+    box, point = (
+        torch.load(out / run / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+        for run in ("sam_box", "sam_point")
+    )
+    key = "sam.image_encoder.patch_embed.proj.weight"
+    assert (box[key] - point[key]).abs().max() < 5e-3
+    assert (box[key] - point[key]).abs().max() > 0  # and it trained

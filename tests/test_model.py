@@ -390,3 +390,19 @@ def test_ellipse_as_mask_prompt_is_the_inscribed_ellipse():
     assert (m[:, 25:] == -1).all() and (m[17:] == -1).all()
     with pytest.raises(ValueError, match="BOX_AS_MASK"):
         build(MODEL__SAM__PROMPT__BOX_AS_MASK="circle")
+
+
+def test_point_as_mask_prompt_is_a_disk_at_positive_points():
+    model = build(MODEL__SAM__PROMPT__TYPE="point", MODEL__SAM__PROMPT__POINT_AS_MASK=2.0)
+    h, w = model.sam.prompt_encoder.mask_input_size
+    stride = model.image_size / w
+    # One positive point at the centre of cell (y 10, x 8), one negative point elsewhere.
+    coords = torch.tensor([[[8.5, 10.5], [20.5, 20.5]]]) * stride
+    labels = torch.tensor([[1, 0]])
+    m = model._point_masks(coords, labels)[0, 0]
+    assert m.shape == (h, w)
+    inside = m == 1
+    assert inside[10, 8] and inside[10, 10] and inside[8, 8] and not inside[10, 11]
+    assert not inside[12, 10]  # distance sqrt(8) > 2
+    assert int(inside.sum()) == 13  # cells within 2 of a cell centre: 1 + 4 + 4 + 4
+    assert (m[~inside] == -1).all()  # the negative point draws nothing

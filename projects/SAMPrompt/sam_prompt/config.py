@@ -90,6 +90,9 @@ def add_sam_config(cfg):
     # what lets a SAM trained from random weights escape predicting empty masks on real tiles
     # (sam_small_cpu.yaml). Off for the official weights, which were not trained with it.
     _C.MODEL.SAM.PROMPT.BOX_AS_MASK = ""
+    # The same for point prompts: > 0 also gives them as a dense mask prompt, a disk of this radius
+    # (in mask-prompt cells, 4 input pixels each) at each positive point; 0 = off.
+    _C.MODEL.SAM.PROMPT.POINT_AS_MASK = 0.0
 
     # Parts of SAM kept fixed during training.
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False

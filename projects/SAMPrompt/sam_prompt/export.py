@@ -58,6 +58,12 @@ def load_model(cfg):
             f"{cfg.MODEL.META_ARCHITECTURE} is not a SAMPrompt model: only SAM exports to these formats"
         )
     SAMCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.SAM.PROMPT.BOX_AS_MASK:
+        logging.getLogger(__name__).warning(
+            f"This model was trained with MODEL.SAM.PROMPT.BOX_AS_MASK {cfg.MODEL.SAM.PROMPT.BOX_AS_MASK}: "
+            "with each box prompt, give that mask as the mask input (has_mask_input 1; "
+            "SAMPrompt._box_masks draws it), or its masks will be worse than in SAMPrompt"
+        )
     return model.cpu().eval()
 
 

@@ -66,6 +66,7 @@ class SAMPrompt(nn.Module):
         interactive_clicks=0,
         score_mode="detector",
         box_as_mask="",
+        point_as_mask=0.0,
     ):
         """
         Args:
@@ -97,6 +98,9 @@ class SAMPrompt(nn.Module):
             box_as_mask (str): "" (off), "box" or "ellipse": also give box prompts as the dense
                 mask prompt (the filled box, or the ellipse inscribed in it) where no previous
                 mask is fed back (``MODEL.SAM.PROMPT.BOX_AS_MASK``).
+            point_as_mask (float): > 0: also give point prompts as the dense mask prompt, a disk
+                of this radius (mask-prompt cells) at each positive point
+                (``MODEL.SAM.PROMPT.POINT_AS_MASK``).
         """
         super().__init__()
         if prompt_type not in ("box", "point"):
@@ -146,6 +150,7 @@ class SAMPrompt(nn.Module):
                 f"MODEL.SAM.PROMPT.BOX_AS_MASK={box_as_mask!r}: expected '', 'box' or 'ellipse'"
             )
         self.box_as_mask = box_as_mask
+        self.point_as_mask = float(point_as_mask)
 
     @classmethod
     def from_config(cls, cfg):
@@ -198,6 +203,7 @@ class SAMPrompt(nn.Module):
             "mask_only_rounds": s.ITERATIVE.MASK_ONLY_ROUNDS if s.ITERATIVE.ENABLED else 0,
             "interactive_clicks": s.INTERACTIVE_EVAL.MAX_CLICKS,
             "box_as_mask": s.PROMPT.BOX_AS_MASK,
+            "point_as_mask": s.PROMPT.POINT_AS_MASK,
         }
 
     @property
@@ -294,6 +300,8 @@ class SAMPrompt(nn.Module):
         """Decode prompts against one image embedding (1, C, h, w) -> (logits, iou_pred)."""
         if masks is None and boxes is not None and self.box_as_mask:
             masks = self._box_masks(boxes)
+        elif masks is None and boxes is None and points is not None and self.point_as_mask > 0:
+            masks = self._point_masks(*points)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         return self.sam.mask_decoder(
             image_embeddings=embedding,
@@ -325,14 +333,31 @@ class SAMPrompt(nn.Module):
             return ((1 - r) * torch.minimum(rx, ry)[:, None, None] * 2).clamp(-1, 1)[:, None]
 
         def cover(lo, hi, cells):  # (N,), (N,), (L,) -> (N, L): share of each cell in [lo, hi]
-            return (torch.minimum(cells + 1, hi[:, None]) - torch.maximum(cells, lo[:, None])).clamp(
-                0, 1
-            )
+            return (
+                torch.minimum(cells + 1, hi[:, None]) - torch.maximum(cells, lo[:, None])
+            ).clamp(0, 1)
 
-        inside = cover(boxes[:, 1], boxes[:, 3], ys)[:, :, None] * cover(
-            boxes[:, 0], boxes[:, 2], xs
-        )[:, None, :]
+        inside = (
+            cover(boxes[:, 1], boxes[:, 3], ys)[:, :, None]
+            * cover(boxes[:, 0], boxes[:, 2], xs)[:, None, :]
+        )
         return (2 * inside - 1)[:, None]
+
+    def _point_masks(self, coords, labels):
+        """
+        Points (N, P, 2) in input pixels and their labels (N, P) as mask prompts (N, 1, H, W):
+        +1 within ``point_as_mask`` cells of a positive point, -1 elsewhere.
+        """
+        h, w = self.sam.prompt_encoder.mask_input_size
+        stride = self.image_size / w
+        c = coords.float() / stride
+        ys = torch.arange(h, device=c.device, dtype=torch.float32) + 0.5
+        xs = torch.arange(w, device=c.device, dtype=torch.float32) + 0.5
+        d2 = (ys[None, None, :, None] - c[..., 1, None, None]) ** 2 + (
+            xs[None, None, None, :] - c[..., 0, None, None]
+        ) ** 2  # (N, P, H, W)
+        near = (d2 <= self.point_as_mask**2) & (labels == 1)[..., None, None]
+        return (2 * near.any(1, keepdim=True).float() - 1).to(coords.dtype)
 
     def _chunk_slices(self, n):
         step = self.prompts_per_chunk if self.prompts_per_chunk > 0 else max(n, 1)
