@@ -8,8 +8,8 @@ decoding (MODEL.SAM.PROMPTS_PER_CHUNK) and with one-shot decoding (all prompts a
 Each configuration runs in a fresh process. Memory is the peak above the level before the step:
 on CUDA from torch.cuda's allocator statistics; on the CPU from the process's peak resident set
 (VmHWM, reset through /proc/self/clear_refs), with glibc told to return large blocks to the
-system at once (MALLOC_MMAP_THRESHOLD_) so that freed tensors do not hide later peaks. The last
-line is
+system at once (MALLOC_MMAP_THRESHOLD_) so that freed tensors do not hide later peaks. Step time
+comes from another process with glibc's default allocator settings. The last line is
 
     peak_mem_ratio_400_vs_50=<chunked> one_shot_ratio=<one-shot> throughput_chunked_vs_one_shot=<x>
 (one-shot ratios over the counts where one-shot decoding was run; --iterative prints the
@@ -130,6 +130,9 @@ def measure(n, chunk, device, steps, image_size, iterative=False, decoder="tiny"
             f.write("5")  # reset the peak resident set (VmHWM)
         step()
         peak_mb = (_rss_kb("VmHWM:") - base) / 1024
+    if not steps:  # a memory-only run
+        print(json.dumps({"n": n, "chunk": chunk, "peak_mb": peak_mb, "step_s": None}))
+        return
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
@@ -153,7 +156,7 @@ def main():
         default=32,
         help="prompts per chunk (the default of MODEL.SAM.PROMPTS_PER_CHUNK)",
     )
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument(
         "--iterative",
@@ -185,7 +188,8 @@ def main():
         )
     one_shot_max = args.one_shot_max or (100 if args.decoder == "vit_b" else max(args.counts))
 
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONWARNINGS="ignore")
+    env_time = dict(os.environ, PYTHONWARNINGS="ignore")
+    env_mem = dict(env_time, MALLOC_MMAP_THRESHOLD_="65536")
     rows = {}
     print(
         f"device={args.device} chunk={args.chunk} (0 = one-shot) image={args.image_size}px "
@@ -197,31 +201,41 @@ def main():
         for chunk, iterative in modes:
             if chunk == 0 and n > one_shot_max:
                 continue  # does not fit
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--device",
-                    args.device,
-                    "--steps",
-                    str(args.steps),
-                    "--image-size",
-                    str(args.image_size),
-                    "--decoder",
-                    args.decoder,
-                    "--child",
-                    str(n),
-                    str(chunk),
-                    str(iterative),
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if out.returncode:
-                sys.exit(f"configuration n={n} chunk={chunk} failed:\n{out.stderr[-3000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = {}
+            # Memory and time from separate processes: the small mmap threshold that makes the
+            # peak resident set exact also turns every freed block into page faults, a cost
+            # that glibc's default (adaptive) threshold does not have and that would be charged
+            # to the configuration doing more allocations.
+            for what, run_env, steps in (("memory", env_mem, 0), ("time", env_time, args.steps)):
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--device",
+                        args.device,
+                        "--steps",
+                        str(steps),
+                        "--image-size",
+                        str(args.image_size),
+                        "--decoder",
+                        args.decoder,
+                        "--child",
+                        str(n),
+                        str(chunk),
+                        str(iterative),
+                    ],
+                    env=run_env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if out.returncode:
+                    sys.exit(f"configuration n={n} chunk={chunk} failed:\n{out.stderr[-3000:]}")
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                if what == "memory":
+                    r["n"], r["chunk"], r["peak_mb"] = got["n"], got["chunk"], got["peak_mb"]
+                else:
+                    r["step_s"], r["inst_per_s"] = got["step_s"], got["inst_per_s"]
             rows[(n, chunk, iterative)] = r
             mode = "iterative" if iterative else "chunked" if chunk else "one-shot"
             print(
