@@ -108,7 +108,8 @@ class _ChunkedLoss(torch.autograd.Function):
                         step = torch.autograd.grad(terms.sum(), inputs, allow_unused=True)
                         used = [i for i, d in enumerate(step) if d is not None]
                         # One fused op instead of one add per parameter (per-chunk overhead).
-                        torch._foreach_add_([grads[i] for i in used], [step[i] for i in used])
+                        if used:
+                            torch._foreach_add_([grads[i] for i in used], [step[i] for i in used])
                     terms = terms.detach()
                     total = terms if total is None else total + terms
         ctx.need = need
