@@ -406,3 +406,5 @@ def test_point_as_mask_prompt_is_a_disk_at_positive_points():
     assert not inside[12, 10]  # distance sqrt(8) > 2
     assert int(inside.sum()) == 13  # cells within 2 of a cell centre: 1 + 4 + 4 + 4
     assert (m[~inside] == -1).all()  # the negative point draws nothing
+    with pytest.raises(ValueError, match="POINT_AS_MASK"):
+        build(MODEL__SAM__PROMPT__POINT_AS_MASK=-1.0)

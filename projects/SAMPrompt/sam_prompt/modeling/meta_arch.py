@@ -150,6 +150,11 @@ class SAMPrompt(nn.Module):
                 f"MODEL.SAM.PROMPT.BOX_AS_MASK={box_as_mask!r}: expected '', 'box' or 'ellipse'"
             )
         self.box_as_mask = box_as_mask
+        if point_as_mask < 0:
+            raise ValueError(
+                f"MODEL.SAM.PROMPT.POINT_AS_MASK={point_as_mask}: a disk radius in mask cells, "
+                ">= 0 (0 = off)"
+            )
         self.point_as_mask = float(point_as_mask)
 
     @classmethod
