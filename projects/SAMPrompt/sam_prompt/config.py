@@ -84,8 +84,9 @@ def add_sam_config(cfg):
     # boundary), "center" (the box centre, which falls outside concave polygons) or "random"
     # (a pixel of the mask, seeded by file name and instance).
     _C.MODEL.SAM.PROMPT.EVAL_POINT = "interior"
-    # Also give each box prompt as SAM's dense mask prompt (the box filled, on the mask-prompt
-    # grid) where no previous mask is fed back. The decoder then knows where the box lies on the
+    # "" (off), "box" or "ellipse": also give each box prompt as SAM's dense mask prompt (the
+    # filled box, or the ellipse inscribed in it, on the mask-prompt grid) where no previous mask
+    # is fed back. The decoder then knows where the box lies on the
     # image grid from the first iteration, instead of learning it from the corner embeddings:
     # what lets a SAM trained from random weights escape predicting empty masks on real tiles
     # (sam_small_cpu.yaml). Off for the official weights, which were not trained with it.

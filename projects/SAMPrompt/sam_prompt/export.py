@@ -58,11 +58,13 @@ def load_model(cfg):
             f"{cfg.MODEL.META_ARCHITECTURE} is not a SAMPrompt model: only SAM exports to these formats"
         )
     SAMCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
-    if cfg.MODEL.SAM.PROMPT.BOX_AS_MASK:
+    prompt = cfg.MODEL.SAM.PROMPT
+    if prompt.BOX_AS_MASK or prompt.POINT_AS_MASK > 0:
         logging.getLogger(__name__).warning(
-            f"This model was trained with MODEL.SAM.PROMPT.BOX_AS_MASK {cfg.MODEL.SAM.PROMPT.BOX_AS_MASK}: "
-            "with each box prompt, give that mask as the mask input (has_mask_input 1; "
-            "SAMPrompt._box_masks draws it), or its masks will be worse than in SAMPrompt"
+            f"This model was trained with MODEL.SAM.PROMPT.BOX_AS_MASK {prompt.BOX_AS_MASK!r} / "
+            f"POINT_AS_MASK {prompt.POINT_AS_MASK}: with each box (point) prompt, give that mask as "
+            "the mask input (has_mask_input 1; SAMPrompt._box_masks / _point_masks draw it), or "
+            "its masks will be worse than in SAMPrompt"
         )
     return model.cpu().eval()
 
