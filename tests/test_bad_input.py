@@ -345,6 +345,20 @@ def test_sam_layout_file_as_model_weights_is_refused(tmp_path):
     )
 
 
+def test_fine_features_weights_into_a_model_without_them_are_refused(tmp_path):
+    cfg = tiny_cfg(MODEL__SAM__FINE_FEATURES=8)
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    # Dropped, the trained model's masks would silently change.
+    with pytest.raises(CheckpointError, match=r"model_final\.pth.*FINE_FEATURES"):
+        SAMCheckpointer.from_config(tiny_cfg(), build_model(tiny_cfg())).load(path)
+    # The other way round they start fresh (zero: plain SAM), as LoRA adapters do.
+    plain = str(tmp_path / "plain.pth")
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, plain)
+    SAMCheckpointer.from_config(cfg, build_model(cfg)).load(plain)
+    SAMCheckpointer.from_config(cfg, build_model(cfg)).load(path)
+
+
 def test_resume_skips_broken_checkpoints(tmp_path, sam_log):
     name = small_dataset(tmp_path)
     out = str(tmp_path / "run")

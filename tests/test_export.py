@@ -160,3 +160,22 @@ def test_bad_input_is_one_line(weights, tmp_path):
         tmp_path / "det.pth",
     )
     assert "does not fit this model" in err and "\n" not in err
+
+
+def test_fine_features_model_is_refused(weights, tmp_path):
+    # The official layout and the ONNX decoder have no input for the fine image features: an
+    # export without them would give other masks.
+    err = run(
+        "--config-file",
+        CFG,
+        "--format",
+        "sam",
+        "--output",
+        tmp_path / "x.pth",
+        "MODEL.WEIGHTS",
+        weights,
+        "MODEL.SAM.FINE_FEATURES",
+        8,
+    )
+    assert "FINE_FEATURES" in err and "\n" not in err
+    assert not os.path.exists(tmp_path / "x.pth")

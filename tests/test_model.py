@@ -408,3 +408,49 @@ def test_point_as_mask_prompt_is_a_disk_at_positive_points():
     assert (m[~inside] == -1).all()  # the negative point draws nothing
     with pytest.raises(ValueError, match="POINT_AS_MASK"):
         build(MODEL__SAM__PROMPT__POINT_AS_MASK=-1.0)
+
+
+def test_fine_features_start_as_plain_sam_and_learn_through_the_chunked_loss(records):
+    plain = build()
+    model = build(MODEL__SAM__FINE_FEATURES=8)
+    model.sam.load_state_dict(plain.sam.state_dict())
+    batch = mapped(records)
+    # Zero-initialised: the same losses and masks as SAM without them.
+    plain.train(), model.train()
+    torch.manual_seed(1)
+    ref = plain(batch)
+    torch.manual_seed(1)
+    out = model(batch)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k])
+    sum(out.values()).backward()
+    stem = model.fine_features.stem
+    assert stem[-1].weight.grad.abs().sum() > 0  # reached through the folded channels
+    assert stem[0].weight.grad.abs().sum() == 0  # behind the zero layer, for now
+
+    # Folding into the embedding's channels and unfolding is exact.
+    images = model.preprocess_image(batch)
+    emb = torch.randn(len(batch), 64, 16, 16)
+    with torch.no_grad():
+        stem[-1].weight.normal_()
+        e, fine = model.fine_features.unfold(model.fine_features.fold(images, emb))
+        torch.testing.assert_close(e, emb)
+        torch.testing.assert_close(fine, stem(images))
+    assert fine.shape == (len(batch), 64 // 8, 64, 64)  # the upscaled embedding's grid
+
+    # Once non-zero, they change the masks, and every stem layer learns.
+    model.zero_grad()
+    torch.manual_seed(1)
+    out = model(batch)
+    assert not torch.allclose(out["loss_mask_dice"], ref["loss_mask_dice"])
+    sum(out.values()).backward()
+    assert all(p.grad.abs().sum() > 0 for p in stem.parameters())
+    model.eval()
+    with torch.no_grad():
+        masks = model(mapped(records, is_train=False))[0]["instances"].pred_masks
+    assert masks.shape[0] == len(records[0]["annotations"])
+
+    with pytest.raises(ValueError, match="FINE_FEATURES"):
+        build(MODEL__SAM__FINE_FEATURES=-1)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__CUSTOM__PATCH_SIZE=4)

@@ -69,10 +69,17 @@ class SAMCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         if self.allow_partial or not hasattr(_unwrap(self.model), "sam"):
             return incompatible
-        # LoRA adapters absent from a checkpoint start fresh (fine-tuning a model with LoRA).
+        # LoRA adapters and fine features absent from a checkpoint start fresh (the model then
+        # computes what the checkpoint's did); present in it but not in the model, they would be
+        # dropped and the masks would silently differ from the trained model's.
         missing = [
             k for k in incompatible.missing_keys if k.startswith("sam.") and ".lora_" not in k
         ]
+        if any(k.startswith("fine_features.") for k in incompatible.unexpected_keys):
+            raise CheckpointError(
+                f"MODEL.WEIGHTS {self._loading} was trained with fine image features: set "
+                "MODEL.SAM.FINE_FEATURES as in training (its config.yaml), or its masks would differ"
+            )
         shapes = [
             f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes
         ]

@@ -95,6 +95,12 @@ def add_sam_config(cfg):
     # (in mask-prompt cells, 4 input pixels each) at each positive point; 0 = off.
     _C.MODEL.SAM.PROMPT.POINT_AS_MASK = 0.0
 
+    # > 0: a small convolutional stem on the image (this many channels) whose features, at the
+    # mask decoder's output resolution, are added to its upscaled embedding, so that mask edges can
+    # follow thin image structure that 16-pixel patches blur (sam_prompt.modeling.FineFeatures).
+    # New weights, zero-initialised: the model starts as plain SAM. 0 = off (the official layout).
+    _C.MODEL.SAM.FINE_FEATURES = 0
+
     # Parts of SAM kept fixed during training.
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False
     _C.MODEL.SAM.FREEZE_PROMPT_ENCODER = False

@@ -57,6 +57,12 @@ def load_model(cfg):
         raise ExportError(
             f"{cfg.MODEL.META_ARCHITECTURE} is not a SAMPrompt model: only SAM exports to these formats"
         )
+    if cfg.MODEL.SAM.FINE_FEATURES > 0:
+        raise ExportError(
+            f"this model has MODEL.SAM.FINE_FEATURES {cfg.MODEL.SAM.FINE_FEATURES}: its fine image "
+            "features feed the mask decoder, and neither the official checkpoint layout nor the "
+            "ONNX decoder has an input for them; train without them to export"
+        )
     SAMCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     prompt = cfg.MODEL.SAM.PROMPT
     if prompt.BOX_AS_MASK or prompt.POINT_AS_MASK > 0:

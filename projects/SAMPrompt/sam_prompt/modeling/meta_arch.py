@@ -16,6 +16,7 @@ from ..prompts import PAD_LABEL, prompt_instances, validate_prompt_source
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
 from .clicks import append_clicks, corrective_click, sample_clicks
 from .embedding_cache import EmbeddingCache, module_digest
+from .fine_features import FineFeatures
 from .losses import chunked_loss, mask_losses
 
 __all__ = ["SAMPrompt", "DetectorPromptedSAM"]
@@ -67,6 +68,7 @@ class SAMPrompt(nn.Module):
         score_mode="detector",
         box_as_mask="",
         point_as_mask=0.0,
+        fine_features=None,
     ):
         """
         Args:
@@ -101,6 +103,8 @@ class SAMPrompt(nn.Module):
             point_as_mask (float): > 0: also give point prompts as the dense mask prompt, a disk
                 of this radius (mask-prompt cells) at each positive point
                 (``MODEL.SAM.PROMPT.POINT_AS_MASK``).
+            fine_features (FineFeatures): image features added to the mask decoder's upscaled
+                embedding (``MODEL.SAM.FINE_FEATURES``); None = plain SAM.
         """
         super().__init__()
         if prompt_type not in ("box", "point"):
@@ -156,6 +160,10 @@ class SAMPrompt(nn.Module):
                 ">= 0 (0 = off)"
             )
         self.point_as_mask = float(point_as_mask)
+        self.fine_features = fine_features
+        self._fine = None  # the fine features of the image being decoded (see _decode)
+        if fine_features is not None:
+            sam.mask_decoder.output_upscaling.register_forward_hook(self._add_fine_features)
 
     @classmethod
     def from_config(cls, cfg):
@@ -209,6 +217,7 @@ class SAMPrompt(nn.Module):
             "interactive_clicks": s.INTERACTIVE_EVAL.MAX_CLICKS,
             "box_as_mask": s.PROMPT.BOX_AS_MASK,
             "point_as_mask": s.PROMPT.POINT_AS_MASK,
+            "fine_features": _fine_features_from_cfg(cfg),
         }
 
     @property
@@ -233,6 +242,8 @@ class SAMPrompt(nn.Module):
         """
         images = self.preprocess_image(batched_inputs)
         embeddings = self.encode(batched_inputs, images)
+        if self.fine_features is not None:  # folded into extra channels: see FineFeatures
+            embeddings = self.fine_features.fold(images, embeddings)
         if self.training:
             return self.losses(batched_inputs, embeddings)
         return self.inference(batched_inputs, embeddings)
@@ -308,13 +319,22 @@ class SAMPrompt(nn.Module):
         elif masks is None and boxes is None and points is not None and self.point_as_mask > 0:
             masks = self._point_masks(*points)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        return self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        if self.fine_features is not None:
+            embedding, self._fine = self.fine_features.unfold(embedding)
+        try:
+            return self.sam.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        finally:
+            self._fine = None
+
+    def _add_fine_features(self, module, inputs, upscaled):
+        """Forward hook of the decoder's output upscaling: (N, c, H, W) + (1, c, H, W)."""
+        return upscaled if self._fine is None else upscaled + self._fine
 
     def _box_masks(self, boxes):
         """
@@ -586,6 +606,21 @@ class SAMPrompt(nn.Module):
                 pts = append_clicks(pts, coords, labels)
                 mask_in = kept
         return ious
+
+
+def _fine_features_from_cfg(cfg):
+    hidden = cfg.MODEL.SAM.FINE_FEATURES
+    if hidden < 0:
+        raise ValueError(f"MODEL.SAM.FINE_FEATURES={hidden}: channels of the stem, >= 0 (0 = off)")
+    if hidden == 0:
+        return None
+    arch = sam_arch_from_cfg(cfg)
+    return FineFeatures(
+        hidden_channels=hidden,
+        out_channels=arch["prompt_embed_dim"] // 8,  # channels of the upscaled embedding
+        patch_size=arch["patch_size"],
+        embed_channels=arch["prompt_embed_dim"],
+    )
 
 
 def _embedding_cache_from_cfg(s):
