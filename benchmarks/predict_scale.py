@@ -97,7 +97,13 @@ def run_mode(mode, folder, paths, prompts):
     needs, ptype = TileModel.describe(cfg)
     start = time.perf_counter()
     predict_scenes_ray(
-        cfg, jobs, needs_prompts=needs, prompt_type=ptype, workers=workers, **settings
+        cfg,
+        jobs,
+        needs_prompts=needs,
+        prompt_type=ptype,
+        workers=workers,
+        cpus_per_worker=2 // workers,  # the cores in-process torch uses
+        **settings,
     )
     return time.perf_counter() - start
 

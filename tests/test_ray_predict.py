@@ -132,3 +132,21 @@ def test_interrupted_ray_run_resumes_to_identical_outputs(cluster, tmp_path):
             assert (tmp_path / "full" / name / f"{name}{ext}").read_bytes() == (
                 tmp_path / "cut" / name / f"{name}{ext}"
             ).read_bytes()
+
+
+def test_model_actor_uses_the_cpus_it_reserved():
+    # A worker process's torch threads follow the OMP_NUM_THREADS it was started with, not the
+    # actor's reservation: an actor of 2 CPUs on 1 thread runs at half speed.
+    import torch
+
+    from sam_prompt.ray_predict import _TileActor
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _TileActor(tiny_cfg(), {}, 2)
+        assert torch.get_num_threads() == 2
+        _TileActor(tiny_cfg(), {}, 0)  # with a GPU: left as it is
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

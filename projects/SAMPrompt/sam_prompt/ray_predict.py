@@ -55,9 +55,13 @@ def init_ray(address=None, num_cpus=None):
 class _TileActor:
     """A Ray Data actor: one model per actor; opens each scene once."""
 
-    def __init__(self, cfg, plans):
+    def __init__(self, cfg, plans, threads):
+        import torch
+
         from .scene import SceneReader, TileModel
 
+        if threads:  # the CPUs it reserved, whatever OMP_NUM_THREADS the worker inherited
+            torch.set_num_threads(threads)
         self.model = TileModel(cfg)
         self.plans = plans  # scene index -> (path, overview_size, bands, per_tile, prompted, tiles)
         self.readers = {}
@@ -141,7 +145,7 @@ def predict_scenes_ray(
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
             ds = ds.map_batches(
                 _TileActor,
-                fn_constructor_args=(cfg, shared),
+                fn_constructor_args=(cfg, shared, 0 if num_gpus_per_worker else cpus_per_worker),
                 batch_size=settings.batch_size,
                 batch_format="numpy",
                 concurrency=workers,
