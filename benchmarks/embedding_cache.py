@@ -3,10 +3,11 @@
 Training with a frozen image encoder: epoch 1 computes every image embedding, epoch 2 takes them
 from MODEL.SAM.EMBEDDING_CACHE. The model is ViT-B's size (encoder width 768, depth 12; decoder
 width 256) at --image-size (1024, ViT-B's own input, by default; 512 runs 4x faster and gains less,
-the encoder's share of a step being smaller); 30 objects per image; the training step as in
-training, on the CPU.
+the encoder's share of a step being smaller); --objects per image (30; the decoder's cost grows
+with them, the encoder's does not); the training step as in training, on the CPU.
 
-    python benchmarks/embedding_cache.py [--images 6] [--image-size 1024] [--cache memory|FOLDER]
+    python benchmarks/embedding_cache.py [--images 6] [--image-size 1024] [--objects 30]
+        [--cache memory|FOLDER]
 
 Last line: epoch2_vs_epoch1=<wall time of epoch 2 / epoch 1>
 """
@@ -37,6 +38,7 @@ def main():
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--cache", default="memory")
     parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--objects", type=int, default=30)
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = tiny_cfg(
@@ -58,7 +60,7 @@ def main():
     for i in range(args.images):
         shapes = [
             (polygon_ellipse(*rng.uniform(40, args.image_size - 40, 2), *rng.uniform(8, 25, 2)), 0)
-            for _ in range(30)
+            for _ in range(args.objects)
         ]
         records.append(
             shapes_image(

@@ -131,12 +131,23 @@ def predict_scenes_ray(
         plan_scene(path, out_dir, settings, needs_prompts=needs_prompts, prompt_type=prompt_type)
         for path, out_dir in jobs
     ]
+    summaries = [None] * len(plans)
+
+    def finish(i):  # as soon as the scene's last tile is logged, while the actors go on
+        summaries[i] = finish_scene(
+            plans[i], settings, seconds=time.time() - start, tiles_run=todo[i]
+        )
+
     try:
         rows = [{"scene": i, "tile": t.index} for i, p in enumerate(plans) for t in p.todo]
         todo = defaultdict(int)
         for r in rows:
             todo[r["scene"]] += 1
+        left = dict(todo)
         start = time.time()
+        for i in range(len(plans)):
+            if not todo[i]:  # finished by an earlier run
+                finish(i)
         if rows:
             shared = {
                 i: (p.path, settings.overview_size, p.reader.bands, p.per_tile, p.prompted, p.tiles)
@@ -153,12 +164,14 @@ def predict_scenes_ray(
                 num_cpus=0 if num_gpus_per_worker else cpus_per_worker,
             )
             for row in ds.iter_rows():  # streamed: each tile is logged when it is done
-                plans[int(row["scene"])].log.append([json.loads(row["line"])])
-        seconds = time.time() - start
+                i = int(row["scene"])
+                plans[i].log.append([json.loads(row["line"])])
+                left[i] -= 1
+                if not left[i]:
+                    finish(i)
     except BaseException:
-        for p in plans:
-            p.reader.close()
+        for i, p in enumerate(plans):
+            if summaries[i] is None:
+                p.reader.close()
         raise
-    return [
-        finish_scene(p, settings, seconds=seconds, tiles_run=todo[i]) for i, p in enumerate(plans)
-    ]
+    return summaries
