@@ -66,6 +66,19 @@ def make_scenes(folder, n, size, seed=0):
     return paths, prompts
 
 
+def save_weights(folder):
+    """One seeded model for every mode: random weights built per process would differ."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from sam_prompt.config import load_config
+
+    torch.manual_seed(0)
+    path = os.path.join(folder, "model.pth")
+    torch.save({"model": build_model(load_config(CONFIG)).state_dict()}, path)
+    return path
+
+
 def run_mode(mode, folder, paths, prompts):
     from detectron2.utils.logger import setup_logger
 
@@ -73,7 +86,10 @@ def run_mode(mode, folder, paths, prompts):
     from sam_prompt.scene import TileModel, predict_scene
 
     setup_logger(name="sam_prompt")
-    cfg = load_config(CONFIG, ["MODEL.SAM.PROMPTS_PER_CHUNK", 64])
+    cfg = load_config(
+        CONFIG,
+        ["MODEL.SAM.PROMPTS_PER_CHUNK", 64, "MODEL.WEIGHTS", os.path.join(folder, "model.pth")],
+    )
     settings = dict(
         tile_size=512,
         overlap=128,
@@ -108,6 +124,11 @@ def run_mode(mode, folder, paths, prompts):
     return time.perf_counter() - start
 
 
+def _read(path):
+    with open(path) as f:
+        return json.load(f)["features"]
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,6 +154,7 @@ def main():
         return
     folder = tempfile.mkdtemp()
     make_scenes(folder, args.scenes, args.size)
+    save_weights(folder)
     rates = {}
     for mode in ("inprocess", "ray1", "ray2"):
         proc = subprocess.run(
@@ -146,6 +168,18 @@ def main():
         seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
         rates[mode] = args.scenes / seconds
         print(f"{mode:<10} {seconds:7.1f} s  {rates[mode]:.3f} scenes/s", flush=True)
+    # The same work in every mode, or the ratios mean nothing (thread counts may move a pixel).
+    from shapely.geometry import shape
+
+    for k in range(args.scenes):
+        counts, areas = set(), []
+        for mode in rates:
+            feats = _read(os.path.join(folder, mode, f"scene{k}", f"scene{k}.geojson"))
+            counts.add(len(feats))
+            areas.append(sum(shape(f["geometry"]).area for f in feats))
+        if len(counts) != 1 or max(areas) - min(areas) > 1e-3 * max(areas):
+            sys.exit(f"scene{k}: the modes wrote different features ({counts}, areas {areas})")
+    print(f"every mode wrote the same features ({args.scenes} scenes)")
     print(
         f"ray_vs_inprocess={rates['ray1'] / rates['inprocess']:.2f} ray_2w_vs_1w={rates['ray2'] / rates['ray1']:.2f}"
     )
