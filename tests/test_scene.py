@@ -10,7 +10,8 @@ import pytest
 import rasterio
 import shapely
 import torch
-from common import REPO
+from common import REPO, tiny_cfg
+from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from rasterio.transform import from_origin
 from scipy import ndimage
@@ -259,9 +260,16 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
         "--prompts",
         str(prompts),
     ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
-    )
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # A SAM without weights would map noise with exit code 0: refused, the fix named.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "MODEL.WEIGHTS" in proc.stderr
+    assert not list((tmp_path / "out").rglob("*.geojson"))
+    torch.manual_seed(0)
+    weights = str(tmp_path / "model_final.pth")
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, weights)
+    cmd += ["MODEL.WEIGHTS", weights]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tiles/s" in proc.stdout
     gj = _geojson(tmp_path / "out" / "scene")
@@ -272,9 +280,8 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
     assert all(f["properties"]["category_id"] == 1 for f in gj["features"])
     # A SAM config without prompts is refused with a message, not a stack trace.
     cmd[cmd.index("--output") + 1] = str(tmp_path / "out2")
-    proc = subprocess.run(
-        cmd[:-2], capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
-    )
+    at = cmd.index("--prompts")
+    proc = subprocess.run(cmd[:at] + cmd[at + 2 :], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "needs prompts" in proc.stderr
 
 
@@ -475,7 +482,6 @@ def test_resume_with_another_model_is_refused(tmp_path):
 
 
 def test_model_digest_changes_with_the_weights(tmp_path):
-    from common import tiny_cfg
 
     from sam_prompt.scene import model_digest
 

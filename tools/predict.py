@@ -131,6 +131,15 @@ def main(argv=None):
         if unknown:
             raise SceneError(f"--format {','.join(unknown)}: choose among {', '.join(FORMATS)}")
         cfg = load_config(args.config_file, args.opts)
+        if (
+            "SAM" in cfg.MODEL.META_ARCHITECTURE
+            and not cfg.MODEL.WEIGHTS
+            and not cfg.MODEL.SAM.CHECKPOINT
+        ):  # a map from random weights, with exit code 0
+            raise SceneError(
+                f"{cfg.MODEL.META_ARCHITECTURE} has no weights: give MODEL.WEIGHTS (a fine-tuned "
+                "model_final.pth) or MODEL.SAM.CHECKPOINT (an official sam_vit_*.pth)"
+            )
         model_id = model_digest(cfg)
         names = args.class_names.split(",") if args.class_names else None
         settings = PredictSettings(
