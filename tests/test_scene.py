@@ -265,6 +265,10 @@ def test_predict_cli_with_sam_and_geojson_prompts(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "MODEL.WEIGHTS" in proc.stderr
     assert not list((tmp_path / "out").rglob("*.geojson"))
+    det = [*cmd]  # the same for a detector
+    det[det.index("--config-file") + 1] = cfg.replace("sam_instant_test", "mask_rcnn_instant_test")
+    proc = subprocess.run(det, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "GeneralizedRCNN has no weights" in proc.stderr
     torch.manual_seed(0)
     weights = str(tmp_path / "model_final.pth")
     torch.save({"model": build_model(tiny_cfg()).state_dict()}, weights)

@@ -131,14 +131,14 @@ def main(argv=None):
         if unknown:
             raise SceneError(f"--format {','.join(unknown)}: choose among {', '.join(FORMATS)}")
         cfg = load_config(args.config_file, args.opts)
-        if (
-            "SAM" in cfg.MODEL.META_ARCHITECTURE
-            and not cfg.MODEL.WEIGHTS
-            and not cfg.MODEL.SAM.CHECKPOINT
+        arch = cfg.MODEL.META_ARCHITECTURE
+        sam_weights = "SAM" in arch and cfg.MODEL.SAM.CHECKPOINT
+        if arch not in ("FilledPromptBox", "InscribedEllipse") and not (
+            cfg.MODEL.WEIGHTS or sam_weights
         ):  # a map from random weights, with exit code 0
             raise SceneError(
-                f"{cfg.MODEL.META_ARCHITECTURE} has no weights: give MODEL.WEIGHTS (a fine-tuned "
-                "model_final.pth) or MODEL.SAM.CHECKPOINT (an official sam_vit_*.pth)"
+                f"{arch} has no weights: give MODEL.WEIGHTS (a trained model_final.pth)"
+                + (" or MODEL.SAM.CHECKPOINT (an official sam_vit_*.pth)" if "SAM" in arch else "")
             )
         model_id = model_digest(cfg)
         names = args.class_names.split(",") if args.class_names else None

@@ -15,7 +15,7 @@ does. The two backends share every step but the loop.
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import Counter
 
 from .tiling import SceneError
 
@@ -131,7 +131,11 @@ def predict_scenes_ray(
         plan_scene(path, out_dir, settings, needs_prompts=needs_prompts, prompt_type=prompt_type)
         for path, out_dir in jobs
     ]
+    rows = [{"scene": i, "tile": t.index} for i, p in enumerate(plans) for t in p.todo]
+    todo = Counter(r["scene"] for r in rows)  # tiles to run per scene
+    left = Counter(todo)
     summaries = [None] * len(plans)
+    start = time.time()
 
     def finish(i):  # as soon as the scene's last tile is logged, while the actors go on
         summaries[i] = finish_scene(
@@ -139,12 +143,6 @@ def predict_scenes_ray(
         )
 
     try:
-        rows = [{"scene": i, "tile": t.index} for i, p in enumerate(plans) for t in p.todo]
-        todo = defaultdict(int)
-        for r in rows:
-            todo[r["scene"]] += 1
-        left = dict(todo)
-        start = time.time()
         for i in range(len(plans)):
             if not todo[i]:  # finished by an earlier run
                 finish(i)
