@@ -131,6 +131,48 @@ def test_generator_is_deterministic(tmp_path):
     assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "c")
 
 
+REALISTIC = SyntheticIWPSpec(
+    num_train=2, num_test=1, image_size=128, cell_spacing=40, seed=7, style="realistic"
+)
+
+
+def test_realistic_tiles_vary_in_look_and_keep_valid_labels():
+    from shapely.geometry import Polygon
+
+    from sam_prompt.data.synthetic import generate_tile
+
+    tiles = [generate_tile(REALISTIC, "train", i) for i in range(6)]
+    again, _ = generate_tile(REALISTIC, "train", 3)
+    assert np.array_equal(again, tiles[3][0])  # deterministic
+    means = np.array([img.reshape(-1, 3).mean(0) for img, _ in tiles])
+    assert means.std(0).max() > 10  # another palette per tile, not one look
+    for img, annos in tiles:
+        assert img.shape == (128, 128, 3) and img.dtype == np.uint8
+        assert annos and all(a["category_id"] in (0, 1) for a in annos)
+        for a in annos:
+            xy = np.asarray(a["segmentation"][0]).reshape(-1, 2)
+            assert xy.min() >= 0 and xy.max() <= 128
+            assert Polygon(xy).is_valid and Polygon(xy).area >= REALISTIC.min_cell_area - 1
+    with pytest.raises(ValueError, match="'clean' or 'realistic'"):
+        generate_tile(SyntheticIWPSpec(style="photo"), "train", 0)
+
+
+def test_synthetic_stamp_keeps_clean_datasets_and_refuses_another_style(tmp_path):
+    from sam_prompt.data import ensure_synthetic_dataset
+
+    clean = SyntheticIWPSpec(**{**REALISTIC.__dict__, "style": "clean"})
+    root = ensure_synthetic_dataset(str(tmp_path), "synth", clean)
+    # Datasets generated before styles existed carry stamps without the field: still valid.
+    assert "style" not in json.loads((tmp_path / "synth" / ".spec.json").read_text())
+    assert ensure_synthetic_dataset(str(tmp_path), "synth", clean) == root
+    with pytest.raises(FileExistsError, match="another spec"):
+        ensure_synthetic_dataset(str(tmp_path), "synth", REALISTIC)
+    ensure_synthetic_dataset(str(tmp_path), "real", REALISTIC)
+    stamp = json.loads((tmp_path / "real" / ".spec.json").read_text())
+    assert stamp["style"] == "realistic"
+    assert len(load_records(str(tmp_path / "real" / "train" / "via_region_data.json")).records) == 2
+
+
 def test_generator_labels_every_cell_with_both_classes(via_root):
     records = load_records(str(via_root / "train" / "via_region_data.json")).records
     names = {a["category_name"] for r in records for a in r["annotations"]}

@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 
 # --dataset iwp_synthetic generates this dataset on first use.
 SYNTHETIC_NAME = "iwp_synthetic"
+# Synthetic datasets generated on first use, by name: the demo's, and the varied tiles that
+# pretrain sam_small_cpu.yaml's model (make pretrain; 400 training tiles of 256 px).
+SYNTHETIC_SPECS = {
+    SYNTHETIC_NAME: SyntheticIWPSpec(),
+    "iwp_synthetic_realistic": SyntheticIWPSpec(style="realistic", num_train=400, num_test=32),
+}
 SPLITS = ("train", "test")
 
 
@@ -76,10 +82,12 @@ def split_by_name(records, test_fraction):
 
 def ensure_synthetic_dataset(data_root="data", name=SYNTHETIC_NAME, spec=None):
     """Generate the synthetic IWP dataset into ``data_root/name`` unless it is there already."""
-    spec = spec or SyntheticIWPSpec()
+    spec = spec or SYNTHETIC_SPECS.get(name, SyntheticIWPSpec())
     root = os.path.join(data_root, name)
     stamp = os.path.join(root, ".spec.json")
-    want = json.dumps(spec.__dict__, sort_keys=True)
+    # "clean" tiles are what every spec made before styles existed: their stamps stay valid.
+    fields = {k: v for k, v in spec.__dict__.items() if (k, v) != ("style", "clean")}
+    want = json.dumps(fields, sort_keys=True)
     if os.path.isfile(stamp):
         with open(stamp) as f:
             if f.read() == want:
@@ -129,7 +137,8 @@ def register_dataset(
     decoded once here, so that a broken file is found now, not at the iteration that draws it.
 
     Args:
-        name (str): dataset folder name. ``iwp_synthetic`` is generated on first use.
+        name (str): dataset folder name. ``iwp_synthetic`` and ``iwp_synthetic_realistic``
+            are generated on first use.
         data_root (str):
         class_attribute (str): VIA region attribute of the class name.
         merge_classes (str): if given, all classes become this one (e.g. "iwp").
@@ -140,7 +149,7 @@ def register_dataset(
     Returns:
         tuple[str, str]: the registered train and test names.
     """
-    if name == SYNTHETIC_NAME:
+    if name in SYNTHETIC_SPECS:
         ensure_synthetic_dataset(data_root, name)
     files = find_dataset_files(name, data_root)
     loaded = {s: load_records(p, root, class_attribute) for s, (p, root) in files.items()}

@@ -6,6 +6,13 @@ cells have a wet (dark, bluish) centre, ``highcenter`` cells a raised, brighter,
 noise and uneven illumination make them less trivial. Every cell is labelled with the polygon of its
 interior (cells cut by the tile border too), and tiles are written in the formats of real data
 (see :mod:`sam_prompt.data.formats`).
+
+``style="realistic"`` draws every tile's look at random instead, towards the variety of real
+imagery (used to pretrain the small SAM of ``sam_small_cpu.yaml``, see ``make pretrain``): cell
+scale, trough width and contrast (dark or bright troughs, some barely visible), false-colour
+palettes, multi-scale coloured texture, vegetation patches that ignore the cells, raised rims of
+lowcenter cells, blur, noise, and partial labels (some cells drawn but not labelled, as in
+hand-labelled tiles).
 """
 
 import logging
@@ -39,6 +46,9 @@ class SyntheticIWPSpec:
     # Cells (after clipping to the tile) smaller than this many pixels are merged into troughs.
     min_cell_area: float = 60.0
     seed: int = 0
+    # "clean" (the demo's fixed look) or "realistic" (drawn per tile; the three fields above are
+    # then ranges' centres, see _realistic_tile).
+    style: str = "clean"
 
 
 def _cells(rng, spec):
@@ -102,6 +112,71 @@ def _render(rng, spec, cells):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _smooth_noise(rng, shape, sigma):
+    """Gaussian-filtered white noise scaled to unit standard deviation."""
+    n = ndimage.gaussian_filter(rng.normal(size=shape), sigma)
+    return n / max(float(n.std()), 1e-6)
+
+
+def _realistic_tile(rng, spec):
+    """Cells and image of one tile whose look is drawn at random (``style="realistic"``)."""
+    s = spec.image_size
+    look = dict(
+        cell_spacing=spec.cell_spacing * rng.uniform(0.35, 1.0),
+        trough_width=spec.trough_width * rng.uniform(0.3, 1.2),
+        lowcenter_fraction=rng.uniform(0.1, 0.8),
+    )
+    tile_spec = SyntheticIWPSpec(**{**spec.__dict__, **look, "style": "clean"})
+    cells = _cells(rng, tile_spec)
+
+    inside = Image.new("F", (s, s), 0.0)
+    wet_canvas = Image.new("F", (s, s), 0.0)
+    low_canvas = Image.new("F", (s, s), 0.0)
+    draw, wet_draw, low_draw = (ImageDraw.Draw(c) for c in (inside, wet_canvas, low_canvas))
+    for poly, cls in cells:
+        ring = [tuple(p) for p in np.asarray(poly.exterior.coords)]
+        draw.polygon(ring, fill=1.0)
+        if cls == 1:
+            low_draw.polygon(ring, fill=1.0)
+            centre = poly.buffer(-0.35 * np.sqrt(poly.area / np.pi))
+            if not centre.is_empty and centre.geom_type == "Polygon":
+                wet_draw.polygon([tuple(p) for p in np.asarray(centre.exterior.coords)], fill=1.0)
+    inside = np.asarray(inside)
+    trough = 1.0 - ndimage.gaussian_filter(inside, rng.uniform(0.5, 1.5))
+    # Raised rims: lowcenter cells brighter near their edges.
+    depth = ndimage.distance_transform_edt(inside > 0.5)
+    rim = np.exp(-depth / rng.uniform(1.5, 4.0)) * np.asarray(low_canvas)
+    wet = ndimage.gaussian_filter(np.asarray(wet_canvas), rng.uniform(1.0, 3.0))
+
+    def colour(scale):
+        return rng.normal(0, scale, 3).astype(np.float32)
+
+    ground = rng.uniform(60, 190, 3).astype(np.float32)  # false colour: any hue
+    img = np.broadcast_to(ground, (s, s, 3)).astype(np.float32)
+    for sigma in (0.7, 2.0, 6.0, 20.0):  # coloured texture at several scales
+        img = img + _smooth_noise(rng, (s, s), sigma)[..., None] * colour(rng.uniform(2, 10))
+    # Vegetation (or water, or snow) patches that ignore the cells.
+    patches = _smooth_noise(rng, (s, s), rng.uniform(4, 12)) > rng.uniform(1.0, 2.5)
+    patches = ndimage.gaussian_filter(patches.astype(np.float32), 1.0)
+    img += patches[..., None] * colour(35)
+    # Troughs darker (most tiles) or brighter, some barely visible.
+    sign = -1.0 if rng.random() < 0.8 else 1.0
+    img += trough[..., None] * sign * rng.uniform(15, 70) * rng.uniform(0.6, 1.0, 3)
+    img += rim[..., None] * rng.uniform(0, 40)
+    img += wet[..., None] * (colour(20) - rng.uniform(10, 50))
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    angle = rng.uniform(0, 2 * np.pi)
+    img += (rng.uniform(0, 50) * ((xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle)))[
+        ..., None
+    ]
+    img = ndimage.gaussian_filter(img, (rng.uniform(0, 1.2),) * 2 + (0,))
+    img += rng.normal(scale=rng.uniform(2, 10), size=img.shape)
+    # Partial labels: some cells are drawn but not labelled.
+    labelled = rng.random(len(cells)) < rng.uniform(0.7, 1.0)
+    cells = [c for c, keep in zip(cells, labelled) if keep]
+    return cells, np.clip(img, 0, 255).astype(np.uint8)
+
+
 def generate_tile(spec, split, index):
     """
     One synthetic tile.
@@ -111,8 +186,13 @@ def generate_tile(spec, split, index):
         and "category_id" (0 = highcenter, 1 = lowcenter)).
     """
     rng = np.random.default_rng([spec.seed, {"train": 0, "test": 1}[split], index])
-    cells = _cells(rng, spec)
-    image = _render(rng, spec, cells)
+    if spec.style == "realistic":
+        cells, image = _realistic_tile(rng, spec)
+    elif spec.style == "clean":
+        cells = _cells(rng, spec)
+        image = _render(rng, spec, cells)
+    else:
+        raise ValueError(f"SyntheticIWPSpec.style={spec.style!r}: 'clean' or 'realistic'")
     annos = []
     for poly, cls in cells:
         xy = np.round(np.asarray(poly.exterior.coords)[:-1], 2)
