@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samprompt-setup
 
-.PHONY: setup test test-fast format demo bench clean-venv
+.PHONY: setup test test-fast format demo pretrain bench clean-venv
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ format: $(STAMP)
 # filled-prompt-box baseline, overlays in output/demo/overlays.
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# The small SAM of sam_small_cpu.yaml pretrained on varied synthetic tiles (generated once in
+# data/iwp_synthetic_realistic), ~15 minutes on 2 cores: output/pretrain/model_final.pth.
+# An interrupted run resumes; a finished one is kept.
+pretrain: $(STAMP)
+	$(PY) tools/train_net.py --config-file projects/SAMPrompt/configs/sam_small_pretrain.yaml --resume
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_memory.py

@@ -78,3 +78,14 @@ def test_not_a_checkpoint(tmp_path):
     path.write_bytes(np.random.default_rng(0).bytes(100))
     with pytest.raises(RuntimeError, match="garbage.pth"):
         build_model(tiny_cfg(MODEL__SAM__CHECKPOINT=str(path)))
+
+
+def test_missing_model_weights_is_one_clear_error(tmp_path):
+    from sam_prompt.checkpoint import SAMCheckpointer
+
+    checkpointer = SAMCheckpointer(build_model(tiny_cfg()))
+    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS .*nope.pth: no such file\.$"):
+        checkpointer.load(str(tmp_path / "nope.pth"))
+    pretrained = str(tmp_path / "output" / "pretrain" / "model_final.pth")
+    with pytest.raises(FileNotFoundError, match="written by `make pretrain`"):
+        checkpointer.load(pretrained)

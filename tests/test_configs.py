@@ -107,3 +107,17 @@ def test_detector_class_count_must_match_the_data(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match="NUM_CLASSES 1"):
         setup(args)
+
+
+def test_pretraining_writes_weights_that_fit_the_recipe():
+    pretrain = load_config(os.path.join(CONFIGS, "sam_small_pretrain.yaml"))
+    recipe = load_config(os.path.join(CONFIGS, "sam_small_cpu.yaml"))
+    pretrained = load_config(os.path.join(CONFIGS, "sam_small_pretrained.yaml"))
+    assert pretrain.DATASETS.TRAIN == ("iwp_synthetic_realistic_train",)
+    assert pretrain.MODEL.WEIGHTS == "" and recipe.MODEL.WEIGHTS == ""
+    assert pretrained.MODEL.WEIGHTS == os.path.join(pretrain.OUTPUT_DIR, "model_final.pth")
+    assert pretrain.MODEL.SAM.dump() == recipe.MODEL.SAM.dump() == pretrained.MODEL.SAM.dump()
+    shapes = [
+        {k: v.shape for k, v in build_model(c).state_dict().items()} for c in (pretrain, recipe)
+    ]
+    assert shapes[0] == shapes[1]

@@ -46,6 +46,13 @@ class SAMCheckpointer(DetectionCheckpointer):
 
     # ------------------------------------------------------------------------------------------
     def load(self, path, checkpointables=None):
+        if path and "://" not in path and not os.path.isfile(path):
+            hint = (
+                " It is written by `make pretrain`."
+                if os.path.normpath(path).endswith(os.path.join("pretrain", "model_final.pth"))
+                else ""
+            )
+            raise FileNotFoundError(f"MODEL.WEIGHTS {path}: no such file.{hint}")
         self._loading = path
         try:
             return super().load(path, checkpointables)
