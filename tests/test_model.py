@@ -454,3 +454,38 @@ def test_fine_features_start_as_plain_sam_and_learn_through_the_chunked_loss(rec
         build(MODEL__SAM__FINE_FEATURES=-1)
     with pytest.raises(ValueError, match="divisible by 8"):
         build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__CUSTOM__PATCH_SIZE=4)
+
+
+def test_training_reports_empty_share_and_mask_iou_and_warns_on_collapse(
+    records, caplog, monkeypatch
+):
+    import logging
+
+    from detectron2.utils import logger as d2_logger
+    from detectron2.utils.events import EventStorage
+
+    monkeypatch.setattr(d2_logger, "_LOG_TIMER", {})  # warnings of earlier tests do not mute these
+    batch = mapped(records[:1])
+    targets = batch[0]["instances"].gt_mask_targets
+    covered = targets.flatten(1).float().mean(1)  # IoU of a mask filling the whole grid
+    seen = {}
+    for case, threshold in (("empty", float("inf")), ("full", float("-inf")), ("plain", 0.0)):
+        model = build(SOLVER__WARMUP_ITERS=0)
+        model.train()
+        model.mask_threshold = threshold
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), EventStorage(start_iter=5) as storage:
+            model(batch)
+        seen[case] = (
+            storage.latest()["sam/empty_mask_share"][0],
+            storage.latest()["sam/mask_iou"][0],
+            caplog.text,
+        )
+    share, iou, text = seen["empty"]
+    assert (share, iou) == (1.0, 0.0) and "collapsing to empty masks" in text
+    share, iou, text = seen["full"]
+    assert share == 0.0 and iou == pytest.approx(float(covered.mean()), abs=1e-6)
+    assert float(covered.mean()) < 0.1 and "not learning the masks" in text
+    share, iou, text = seen["plain"]  # a random model: some overlap, judged by the same numbers
+    assert 0.0 <= share <= 1.0 and 0.0 <= iou <= 1.0
+    assert ("collapsing" in text) == (share > 0.5)

@@ -83,7 +83,8 @@ class SAMPrompt(nn.Module):
             max_instances_per_image (int): training cap, random subset; <= 0 means no cap.
             mask_threshold (float): logit threshold of foreground pixels.
             warmup_iters (int): after these training iterations, a share of empty predicted
-                masks that stays above one half is warned about (a collapsed model).
+                masks that stays above one half, or a mean IoU of the predicted masks with their
+                targets that stays below 0.1, is warned about (a collapsed model).
             freeze (iterable[str]): names of SAM parts kept fixed: "image_encoder",
                 "prompt_encoder", "mask_decoder".
             embedding_cache (EmbeddingCache): re-use image embeddings (frozen encoder only).
@@ -127,8 +128,12 @@ class SAMPrompt(nn.Module):
         self.max_instances_per_image = max_instances_per_image
         self.mask_threshold = mask_threshold
         self.warmup_iters = warmup_iters
-        self._empty_masks = 0  # predicted masks with no pixel, counted during one forward
+        # Collapse watch, per training forward: predicted masks with no pixel, and the summed
+        # IoU of the predicted masks with their targets (both of the mask inference keeps).
+        self._empty_masks = 0
+        self._mask_iou_sum = 0.0
         self._empty_share_ema = None
+        self._mask_iou_ema = None
         if embedding_cache is not None and "image_encoder" not in freeze:
             raise ValueError(
                 "MODEL.SAM.EMBEDDING_CACHE re-uses image embeddings, which is only right while the "
@@ -424,26 +429,46 @@ class SAMPrompt(nn.Module):
             zero = sum(p.sum() for p in params) * 0.0 + embeddings.sum() * 0.0
             terms = torch.stack([zero] * 3)
         else:
-            self._empty_masks = 0
+            self._empty_masks, self._mask_iou_sum = 0, 0.0
             terms = chunked_loss(self._chunk_loss, chunks, embeddings, params) / num_instances
-            self._report_empty_masks(self._empty_masks / num_instances)
+            self._report_training_masks(
+                self._empty_masks / num_instances, self._mask_iou_sum / num_instances
+            )
         return {"loss_mask_focal": terms[0], "loss_mask_dice": terms[1], "loss_iou": terms[2]}
 
-    def _report_empty_masks(self, share):
-        """Log the share of empty predicted masks (``sam/empty_mask_share``); warn on collapse."""
+    def _report_training_masks(self, share, mean_iou):
+        """
+        Log the share of empty predicted masks (``sam/empty_mask_share``) and their mean IoU with
+        the targets (``sam/mask_iou``), on the decoder's grid; warn on collapse: to empty masks,
+        or to masks that miss their objects (too large, elsewhere), which the share cannot see.
+        """
         try:
             storage = get_event_storage()
         except AssertionError:  # called outside a trainer
             return
-        storage.put_scalar("sam/empty_mask_share", share)
+        storage.put_scalars(**{"sam/empty_mask_share": share, "sam/mask_iou": mean_iou})
         ema = self._empty_share_ema
         self._empty_share_ema = share if ema is None else 0.9 * ema + 0.1 * share
-        if storage.iter >= self.warmup_iters and self._empty_share_ema > 0.5:
+        ema = self._mask_iou_ema
+        self._mask_iou_ema = mean_iou if ema is None else 0.9 * ema + 0.1 * mean_iou
+        if storage.iter < self.warmup_iters:
+            return
+        if self._empty_share_ema > 0.5:
             log_every_n_seconds(
                 logging.WARNING,
                 f"{self._empty_share_ema:.0%} of the predicted training masks are empty at iteration "
                 f"{storage.iter} (after warm-up): the model is collapsing to empty masks. Lower "
                 "SOLVER.BASE_LR, start from pretrained weights, or use a finer embedding grid.",
+                n=60,
+                name=__name__,
+            )
+        elif self._mask_iou_ema < 0.1:
+            log_every_n_seconds(
+                logging.WARNING,
+                f"The predicted training masks overlap their targets by a mean IoU of "
+                f"{self._mask_iou_ema:.0%} at iteration {storage.iter} (after warm-up): the model "
+                "is not learning the masks. Lower SOLVER.BASE_LR, lower MODEL.SAM.LOSS.FOCAL_WEIGHT "
+                "(small objects), or start from weights trained with box prompts.",
                 n=60,
                 name=__name__,
             )
@@ -457,8 +482,15 @@ class SAMPrompt(nn.Module):
         # Targets cover the unpadded image on the decoder's grid.
         gh, gw = targets.shape[-2:]
         with torch.no_grad():  # the mask inference would keep: empty ones mean collapse
-            self._empty_masks += int(
-                (kept[:, 0, :gh, :gw] <= self.mask_threshold).flatten(1).all(1).sum()
+            pred = (kept[:, 0, :gh, :gw] > self.mask_threshold).flatten(1)
+            self._empty_masks += int((~pred.any(1)).sum())
+            target = targets.flatten(1) > 0.5
+            inter = (pred & target).sum(1)
+            union = (pred | target).sum(1)
+            self._mask_iou_sum += float(
+                torch.where(
+                    union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float)
+                ).sum()
             )
         terms = self._mask_losses(logits, iou_pred, targets)
         if not self.click_rounds and not self.mask_only_rounds:
