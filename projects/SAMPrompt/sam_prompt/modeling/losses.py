@@ -33,6 +33,15 @@ def box_region(targets, margin=0.5, min_margin=2):
     return span(t.any(-1), h)[:, :, None] & span(t.any(-2), w)[:, None, :]
 
 
+def mask_iou(pred, gt):
+    """IoU of boolean masks (..., H, W) -> (...); 1 where both are empty."""
+    inter = (pred & gt).flatten(-2).sum(-1)
+    union = (pred | gt).flatten(-2).sum(-1)
+    return torch.where(
+        union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float)
+    )
+
+
 def mask_losses(
     logits, iou_pred, targets, *, focal_alpha, focal_gamma, weights, threshold, focal_region="image"
 ):
@@ -69,13 +78,7 @@ def mask_losses(
         best = (w_focal * focal + w_dice * dice).argmin(dim=1, keepdim=True)
         focal, dice = focal.gather(1, best), dice.gather(1, best)
     with torch.no_grad():
-        pred = logits > threshold
-        gt = targets > 0.5
-        inter = (pred & gt).flatten(-2).sum(-1)
-        union = (pred | gt).flatten(-2).sum(-1)
-        iou = torch.where(
-            union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=logits.dtype)
-        )
+        iou = mask_iou(logits > threshold, targets > 0.5).to(logits.dtype)
     iou_mse = F.mse_loss(iou_pred.float(), iou.to(logits.dtype), reduction="none").mean(1)
     return torch.stack([w_focal * focal.sum(), w_dice * dice.sum(), w_iou * iou_mse.sum()])
 

@@ -17,7 +17,7 @@ from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
 from .clicks import append_clicks, corrective_click, sample_clicks
 from .embedding_cache import EmbeddingCache, module_digest
 from .fine_features import FineFeatures
-from .losses import chunked_loss, mask_losses
+from .losses import chunked_loss, mask_iou, mask_losses
 
 __all__ = ["SAMPrompt", "DetectorPromptedSAM"]
 
@@ -482,16 +482,9 @@ class SAMPrompt(nn.Module):
         # Targets cover the unpadded image on the decoder's grid.
         gh, gw = targets.shape[-2:]
         with torch.no_grad():  # the mask inference would keep: empty ones mean collapse
-            pred = (kept[:, 0, :gh, :gw] > self.mask_threshold).flatten(1)
-            self._empty_masks += int((~pred.any(1)).sum())
-            target = targets.flatten(1) > 0.5
-            inter = (pred & target).sum(1)
-            union = (pred | target).sum(1)
-            self._mask_iou_sum += float(
-                torch.where(
-                    union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float)
-                ).sum()
-            )
+            pred = kept[:, 0, :gh, :gw] > self.mask_threshold
+            self._empty_masks += int((~pred.flatten(1).any(1)).sum())
+            self._mask_iou_sum += float(mask_iou(pred, targets > 0.5).sum())
         terms = self._mask_losses(logits, iou_pred, targets)
         if not self.click_rounds and not self.mask_only_rounds:
             return terms
