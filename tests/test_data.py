@@ -163,7 +163,10 @@ def test_synthetic_stamp_keeps_clean_datasets_and_refuses_another_style(tmp_path
     clean = SyntheticIWPSpec(**{**REALISTIC.__dict__, "style": "clean"})
     root = ensure_synthetic_dataset(str(tmp_path), "synth", clean)
     # Datasets generated before styles existed carry stamps without the field: still valid.
-    assert "style" not in json.loads((tmp_path / "synth" / ".spec.json").read_text())
+    stamp = tmp_path / "synth" / ".spec.json"
+    old = {k: v for k, v in json.loads(stamp.read_text()).items() if k != "style"}
+    stamp.write_text(json.dumps(old))
+    assert "style" not in json.loads(stamp.read_text())
     assert ensure_synthetic_dataset(str(tmp_path), "synth", clean) == root
     with pytest.raises(FileExistsError, match="another spec"):
         ensure_synthetic_dataset(str(tmp_path), "synth", REALISTIC)

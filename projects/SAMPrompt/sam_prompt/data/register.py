@@ -85,13 +85,17 @@ def ensure_synthetic_dataset(data_root="data", name=SYNTHETIC_NAME, spec=None):
     spec = spec or SYNTHETIC_SPECS.get(name, SyntheticIWPSpec())
     root = os.path.join(data_root, name)
     stamp = os.path.join(root, ".spec.json")
-    # "clean" tiles are what every spec made before styles existed: their stamps stay valid.
-    fields = {k: v for k, v in spec.__dict__.items() if (k, v) != ("style", "clean")}
-    want = json.dumps(fields, sort_keys=True)
+    want = spec.__dict__
     if os.path.isfile(stamp):
-        with open(stamp) as f:
-            if f.read() == want:
-                return root
+        try:
+            with open(stamp) as f:
+                written = json.load(f)
+        except ValueError:
+            written = None
+        # Fields added since a stamp was written take their defaults, which generate what the
+        # code generated before them (e.g. style "clean"): older datasets stay valid.
+        if isinstance(written, dict) and {**SyntheticIWPSpec().__dict__, **written} == want:
+            return root
         raise FileExistsError(
             f"{root} holds a synthetic dataset of another spec; remove it or pick another name"
         )
@@ -100,7 +104,7 @@ def ensure_synthetic_dataset(data_root="data", name=SYNTHETIC_NAME, spec=None):
     logger.info(f"Generating the synthetic IWP dataset in {root} ...")
     generate_dataset(root, spec, fmt="via")
     with open(stamp, "w") as f:
-        f.write(want)
+        json.dump(want, f, sort_keys=True)
     return root
 
 
