@@ -4,10 +4,14 @@ Training with a frozen image encoder: epoch 1 computes every image embedding, ep
 from MODEL.SAM.EMBEDDING_CACHE. The model is ViT-B's size (encoder width 768, depth 12; decoder
 width 256) at --image-size (1024, ViT-B's own input, by default; 512 runs 4x faster and gains less,
 the encoder's share of a step being smaller); --objects per image (30; the decoder's cost grows
-with them, the encoder's does not); the training step as in training, on the CPU.
+with them, the encoder's does not); the training step as in training, on the CPU, with --chunk
+prompts per chunk (4: on the CPU, without a caching allocator, glibc serves blocks over 32 MB with
+mmap and unmaps them when freed, so each larger tensor is faulted into memory anew; a chunk of 16
+prompts of the ViT-B-size decoder makes 64-128 MB tensors, and its step spent a quarter of its CPU
+time in the kernel; a chunk of 4 keeps them under that size).
 
     python benchmarks/embedding_cache.py [--images 6] [--image-size 1024] [--objects 30]
-        [--cache memory|FOLDER]
+        [--chunk 4] [--cache memory|FOLDER]
 
 Last line: epoch2_vs_epoch1=<wall time of epoch 2 / epoch 1>
 """
@@ -39,6 +43,7 @@ def main():
     parser.add_argument("--cache", default="memory")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--objects", type=int, default=30)
+    parser.add_argument("--chunk", type=int, default=4, help="MODEL.SAM.PROMPTS_PER_CHUNK")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = tiny_cfg(
@@ -52,6 +57,7 @@ def main():
         MODEL__SAM__CUSTOM__DECODER_MLP_DIM=2048,
         MODEL__SAM__FREEZE_IMAGE_ENCODER=True,
         MODEL__SAM__EMBEDDING_CACHE=args.cache,
+        MODEL__SAM__PROMPTS_PER_CHUNK=args.chunk,
         INPUT__RANDOM_FLIP="none",
     )
     folder = tempfile.mkdtemp()

@@ -3,13 +3,17 @@
 Peak memory and throughput of a SAMPrompt training step versus instances per image, with chunked
 decoding (MODEL.SAM.PROMPTS_PER_CHUNK) and with one-shot decoding (all prompts at once).
 
-    python benchmarks/train_memory.py [--device cuda] [--counts 50 100 200 400] [--chunk 16]
+    python benchmarks/train_memory.py [--device cuda] [--decoder tiny|vit_b] [--chunk N]
+        [--counts 50 100 200 400]
 
-Each configuration runs in a fresh process. Memory is the peak above the level before the step:
-on CUDA from torch.cuda's allocator statistics; on the CPU from the process's peak resident set
-(VmHWM, reset through /proc/self/clear_refs), with glibc told to return large blocks to the
-system at once (MALLOC_MMAP_THRESHOLD_) so that freed tensors do not hide later peaks. Step time
-comes from another process with glibc's default allocator settings. The last line is
+Memory: each configuration runs in a fresh process, and memory is the peak above the level before
+the step: on CUDA from torch.cuda's allocator statistics; on the CPU from the process's peak
+resident set (VmHWM, reset through /proc/self/clear_refs), with glibc told to return large blocks
+to the system at once (MALLOC_MMAP_THRESHOLD_) so that freed tensors do not hide later peaks.
+Throughput: one process per instance count, with glibc's default allocator settings, times the
+chunked and the one-shot step alternately on the same model and batch (--steps of each) and keeps
+the median of each: the machine's speed drifting between processes or over a run (on a shared
+machine, easily 10%) then falls on both modes alike instead of on their ratio. The last line is
 
     peak_mem_ratio_400_vs_50=<chunked> one_shot_ratio=<one-shot> throughput_chunked_vs_one_shot=<x>
 (one-shot ratios over the counts where one-shot decoding was run; --iterative prints the
@@ -49,8 +53,13 @@ VIT_B_DECODER = [
 ]
 
 
-def measure(n, chunk, device, steps, image_size, iterative=False, decoder="tiny"):
-    """Run in a child process: one configuration, printed as JSON."""
+def measure(n, chunks, device, steps, image_size, iterative=False, decoder="tiny"):
+    """
+    Run in a child process, printed as JSON. With ``steps`` 0: the peak memory of one step at
+    ``chunks[0]`` prompts per chunk; else the median step time at each of ``chunks`` (0 = one-shot),
+    their steps alternating.
+    """
+    import statistics
     import tempfile
 
     import numpy as np
@@ -67,7 +76,7 @@ def measure(n, chunk, device, steps, image_size, iterative=False, decoder="tiny"
             "MODEL.DEVICE",
             device,
             "MODEL.SAM.PROMPTS_PER_CHUNK",
-            chunk,
+            chunks[0],
             "INPUT.RANDOM_FLIP",
             "none",
             "MODEL.SAM.ITERATIVE.ENABLED",
@@ -111,37 +120,44 @@ def measure(n, chunk, device, steps, image_size, iterative=False, decoder="tiny"
     model = build_model(cfg)
     model.train()
 
-    def step():
+    def step(chunk):
+        model.prompts_per_chunk = chunk
         losses = model(batch)
         sum(losses.values()).backward()
         model.zero_grad(set_to_none=True)
 
-    if device == "cuda":
-        step()  # warm-up (cuDNN, allocator)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        base = _rss_kb("VmRSS:")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak resident set (VmHWM)
-        step()
-        peak_mb = (_rss_kb("VmHWM:") - base) / 1024
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     if not steps:  # a memory-only run
-        print(json.dumps({"n": n, "chunk": chunk, "peak_mb": peak_mb, "step_s": None}))
+        if device == "cuda":
+            step(chunks[0])  # warm-up (cuDNN, allocator)
+            sync()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step(chunks[0])
+            sync()
+            peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            base = _rss_kb("VmRSS:")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak resident set (VmHWM)
+            step(chunks[0])
+            peak_mb = (_rss_kb("VmHWM:") - base) / 1024
+        print(json.dumps({"peak_mb": peak_mb}))
         return
-    t0 = time.perf_counter()
+    for chunk in chunks:  # warm-up
+        step(chunk)
+    times = {chunk: [] for chunk in chunks}
     for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / steps
-    print(
-        json.dumps({"n": n, "chunk": chunk, "peak_mb": peak_mb, "step_s": dt, "inst_per_s": n / dt})
-    )
+        for chunk in chunks:
+            sync()
+            t0 = time.perf_counter()
+            step(chunk)
+            sync()
+            times[chunk].append(time.perf_counter() - t0)
+    print(json.dumps({str(c): statistics.median(v) for c, v in times.items()}))
 
 
 def main():
@@ -153,10 +169,15 @@ def main():
     parser.add_argument(
         "--chunk",
         type=int,
-        default=32,
-        help="prompts per chunk (the default of MODEL.SAM.PROMPTS_PER_CHUNK)",
+        default=None,
+        help="prompts per chunk (default: 64 for the tiny decoder, 32 (MODEL.SAM.PROMPTS_PER_CHUNK's "
+        "default) for vit_b). A chunk has a fixed cost, the tiny decoder's ~10 ms (SAM's decoder is "
+        "~1,600 operator calls forward, twice that backward) against ~3 ms per prompt: chunks of 32 "
+        "ran at 0.92 of one-shot decoding at 100 instances, chunks of 64 at 0.96 or more",
     )
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument(
+        "--steps", type=int, default=9, help="timed steps of each mode (their median is kept)"
+    )
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument(
         "--iterative",
@@ -177,68 +198,75 @@ def main():
         help="one-shot decoding only up to this many instances (default: all; 100 for --decoder "
         "vit_b, where one-shot decoding takes ~111 MB per prompt)",
     )
-    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.decoder == "vit_b":
         args.image_size = 1024
+    if args.chunk is None:
+        args.chunk = 32 if args.decoder == "vit_b" else 64
     if args.child:
-        n, chunk, iterative = args.child
+        n, iterative, *chunks = args.child
         return measure(
-            n, chunk, args.device, args.steps, args.image_size, bool(iterative), args.decoder
+            n, chunks, args.device, args.steps, args.image_size, bool(iterative), args.decoder
         )
     one_shot_max = args.one_shot_max or (100 if args.decoder == "vit_b" else max(args.counts))
 
     env_time = dict(os.environ, PYTHONWARNINGS="ignore")
+    # Memory and time from separate processes: the small mmap threshold that makes the peak
+    # resident set exact also turns every freed block into page faults, a cost that glibc's
+    # default (adaptive) threshold does not have and that would be charged to the configuration
+    # doing more allocations.
     env_mem = dict(env_time, MALLOC_MMAP_THRESHOLD_="65536")
-    # CUDA memory comes from the allocator's statistics: one process measures both.
-    if args.device == "cuda":
-        runs = [(env_time, args.steps)]
-    else:
-        runs = [(env_time, args.steps), (env_mem, 0)]  # the last run's peak memory is kept
+
+    def child(n, iterative, chunks, steps, env):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--device",
+                args.device,
+                "--steps",
+                str(steps),
+                "--image-size",
+                str(args.image_size),
+                "--decoder",
+                args.decoder,
+                "--child",
+                str(n),
+                str(int(iterative)),
+                *map(str, chunks),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode:
+            sys.exit(f"configuration n={n} chunks={chunks} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     rows = {}
     print(
         f"device={args.device} chunk={args.chunk} (0 = one-shot) image={args.image_size}px "
-        f"decoder={args.decoder}"
+        f"decoder={args.decoder} (step s: median of {args.steps} alternating steps)"
     )
     print(f"{'instances':>9} {'mode':>9} {'peak MB':>9} {'step s':>8} {'inst/s':>8}")
-    modes = [(args.chunk, 0), (0, 0)] + ([(args.chunk, 1)] if args.iterative else [])
     for n in args.counts:
+        modes = [(args.chunk, 0)] + ([(0, 0)] if n <= one_shot_max else [])
+        times = child(n, 0, [c for c, _ in modes], args.steps, env_time)
+        if args.iterative:
+            modes.append((args.chunk, 1))
+            times[f"{args.chunk}i"] = child(n, 1, [args.chunk], args.steps, env_time)[
+                str(args.chunk)
+            ]
         for chunk, iterative in modes:
-            if chunk == 0 and n > one_shot_max:
-                continue  # does not fit
-            r = {}
-            # Memory and time from separate processes: the small mmap threshold that makes the
-            # peak resident set exact also turns every freed block into page faults, a cost
-            # that glibc's default (adaptive) threshold does not have and that would be charged
-            # to the configuration doing more allocations.
-            for run_env, steps in runs:
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--device",
-                        args.device,
-                        "--steps",
-                        str(steps),
-                        "--image-size",
-                        str(args.image_size),
-                        "--decoder",
-                        args.decoder,
-                        "--child",
-                        str(n),
-                        str(chunk),
-                        str(iterative),
-                    ],
-                    env=run_env,
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if out.returncode:
-                    sys.exit(f"configuration n={n} chunk={chunk} failed:\n{out.stderr[-3000:]}")
-                got = json.loads(out.stdout.strip().splitlines()[-1])
-                r.update({k: v for k, v in got.items() if v is not None})
-            rows[(n, chunk, iterative)] = r
+            step_s = times[f"{chunk}i" if iterative else str(chunk)]
+            peak_mb = child(n, iterative, [chunk], 0, env_mem)["peak_mb"]
+            rows[(n, chunk, iterative)] = r = {
+                "peak_mb": peak_mb,
+                "step_s": step_s,
+                "inst_per_s": n / step_s,
+            }
             mode = "iterative" if iterative else "chunked" if chunk else "one-shot"
             print(
                 f"{n:>9} {mode:>9} {r['peak_mb']:>9.1f} {r['step_s']:>8.3f} {r['inst_per_s']:>8.1f}",
