@@ -174,26 +174,6 @@ def test_training_targets_are_rasterised_once_on_the_decoder_grid(record):
     assert targets.flatten(1).any(1).all()
 
 
-def test_soft_targets_are_each_cells_share_of_the_mask(record):
-    cfg = tiny_cfg(INPUT__RANDOM_FLIP="none")
-    hard = mapper(True, cfg)(record)["instances"].gt_mask_targets
-    cfg = tiny_cfg(INPUT__RANDOM_FLIP="none", MODEL__SAM__LOSS__SOFT_TARGETS=True)
-    inst = mapper(True, cfg)(record)["instances"]
-    soft = inst.gt_mask_targets
-    assert soft.dtype == torch.float16 and soft.shape == hard.shape
-    # Shares of 4 x 4 pixels: multiples of 1/16, partial along the edges only.
-    assert soft.min() >= 0 and soft.max() <= 1
-    assert torch.equal(soft.float() * 16, (soft.float() * 16).round())
-    edge = (soft > 0) & (soft < 1)
-    assert 0 < edge.sum() < (soft > 0).sum()
-    assert torch.equal(soft >= 0.5, hard)  # the 0/1 targets are these shares, thresholded
-    full = torch.as_tensor(
-        np.stack([polygons_to_bitmask(p, 192, 256) for p in inst.gt_masks.polygons])
-    )
-    pooled = torch.nn.functional.avg_pool2d(full[:, None].float(), 4)[:, 0]
-    assert (pooled - soft.float()).abs().mean() < 0.01
-
-
 # --- bad input ------------------------------------------------------------------------------
 def test_missing_image_names_the_file(record):
     bad = dict(record, file_name="/nonexistent/tile_17.png")

@@ -489,29 +489,3 @@ def test_training_reports_empty_share_and_mask_iou_and_warns_on_collapse(
     share, iou, text = seen["plain"]  # a random model: some overlap, judged by the same numbers
     assert 0.0 <= share <= 1.0 and 0.0 <= iou <= 1.0
     assert ("collapsing" in text) == (share > 0.5)
-
-
-def test_soft_targets_train_single_and_iterative_steps(records):
-    """Soft targets reach the losses as shares (not rounded), and clicks are drawn in the error
-    against their 0/1 reading."""
-    over = dict(MODEL__SAM__LOSS__SOFT_TARGETS=True)
-    batch = mapped(records, **over)
-    hard = mapped(records)
-    model = build(**over)
-    model.train()
-    soft_losses = model(batch)
-    hard_losses = model(hard)
-    assert all(torch.isfinite(v) for v in soft_losses.values())
-    # Same model, same prompts: only the targets differ, so the mask losses do.
-    assert soft_losses["loss_mask_dice"] != hard_losses["loss_mask_dice"]
-    assert soft_losses["loss_mask_focal"] != hard_losses["loss_mask_focal"]
-    model = build(
-        **over, MODEL__SAM__ITERATIVE__ENABLED=True, MODEL__SAM__ITERATIVE__CLICK_ROUNDS=2
-    )
-    model.train()
-    losses = model(batch)
-    sum(losses.values()).backward()
-    assert all(torch.isfinite(v) for v in losses.values())
-    assert any(
-        p.grad is not None and p.grad.abs().sum() > 0 for p in model.sam.mask_decoder.parameters()
-    )

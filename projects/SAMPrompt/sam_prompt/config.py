@@ -153,12 +153,6 @@ def add_sam_config(cfg):
     # "box" (its box grown by half its size each side), which keeps objects that cover a tiny
     # share of the image from being outweighed by its background.
     _C.MODEL.SAM.LOSS.FOCAL_REGION = "image"
-    # Loss targets on the decoder's grid (stride 4): False, a cell is in the mask when half its
-    # pixels are; True, the share of its pixels that are (soft targets), so that the logits learn
-    # where the edge runs inside a cell. Bilinearly upsampled like the predictions, the 0/1 cells
-    # of the ground truth itself reach mIoU 89.9 on the iwp-val dev split at 512 px (90.6 on the
-    # synthetic tiles), the shares 96.7 (96.9).
-    _C.MODEL.SAM.LOSS.SOFT_TARGETS = False
 
     # Prompts decoded together. The mask decoder copies the image embedding once per prompt, so
     # this bounds memory; gradients of all chunks reach the image encoder. 0 = all prompts of an

@@ -56,25 +56,23 @@ def _tighten(mask, x0, y0):
     return mask[r0 : r1 + 1, c0 : c1 + 1], box
 
 
-def mask_targets(masks, boxes, image_size, stride, soft=False):
+def mask_targets(masks, boxes, image_size, stride):
     """
     Instance masks on the mask decoder's grid: a cell is foreground when at least half of its
-    ``stride`` x ``stride`` pixels are; or, ``soft``, the share of its pixels in the mask.
+    ``stride`` x ``stride`` pixels are.
 
     Args:
         masks (list[ndarray[h, w] bool]): each instance's mask within its box.
         boxes (ndarray[N, 4] int): XYXY boxes of the masks.
         image_size (tuple[int, int]): (H, W) of the image.
         stride (int): image pixels per decoder cell.
-        soft (bool): cell coverage in [0, 1] instead of a 0/1 mask.
 
     Returns:
-        Tensor[N, ceil(H / stride), ceil(W / stride)], bool (float16 when ``soft``: multiples of
-        1 / stride^2, exact)
+        Tensor[N, ceil(H / stride), ceil(W / stride)] bool
     """
     H, W = image_size
     gh, gw = -(-H // stride), -(-W // stride)
-    out = np.zeros((len(masks), gh, gw), dtype=np.float16 if soft else bool)
+    out = np.zeros((len(masks), gh, gw), dtype=bool)
     for i, (m, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes)):
         bx0, by0 = x0 // stride, y0 // stride
         bx1, by1 = -(-x1 // stride), -(-y1 // stride)
@@ -82,7 +80,7 @@ def mask_targets(masks, boxes, image_size, stride, soft=False):
         oy, ox = y0 - by0 * stride, x0 - bx0 * stride
         canvas[oy : oy + m.shape[0], ox : ox + m.shape[1]] = m
         cells = canvas.reshape(by1 - by0, stride, bx1 - bx0, stride).mean(axis=(1, 3))
-        out[i, by0:by1, bx0:bx1] = cells if soft else cells >= 0.5
+        out[i, by0:by1, bx0:bx1] = cells >= 0.5
     return torch.from_numpy(out)
 
 
@@ -117,7 +115,6 @@ class SAMDatasetMapper:
         image_format,
         prompts,
         target_stride=4,
-        soft_targets=False,
         crop_retries=10,
         skip_invalid=False,
         detections=None,
@@ -129,8 +126,6 @@ class SAMDatasetMapper:
             image_format (str): INPUT.FORMAT.
             prompts (GroundTruthPrompts):
             target_stride (int): image pixels per cell of the mask decoder's output.
-            soft_targets (bool): loss targets as the share of each cell in the mask
-                (``MODEL.SAM.LOSS.SOFT_TARGETS``).
             crop_retries (int): see INPUT.CROP.MAX_RETRIES.
             skip_invalid (bool): DATASETS.SKIP_INVALID.
             detections (dict): image_id -> (boxes XYXY, classes, scores) of a detector
@@ -143,7 +138,6 @@ class SAMDatasetMapper:
         self.image_format = image_format
         self.prompts = prompts
         self.target_stride = int(target_stride)
-        self.soft_targets = bool(soft_targets)
         self.crop_retries = crop_retries
         self.skip_invalid = skip_invalid
         self.detections = detections
@@ -170,7 +164,6 @@ class SAMDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "prompts": GroundTruthPrompts.from_config(cfg),
             "target_stride": decoder_stride(arch),
-            "soft_targets": cfg.MODEL.SAM.LOSS.SOFT_TARGETS,
             "crop_retries": cfg.INPUT.CROP.MAX_RETRIES,
             "skip_invalid": cfg.DATASETS.SKIP_INVALID,
             "detections": detections,
@@ -207,9 +200,7 @@ class SAMDatasetMapper:
         for name, value in instances.get_fields().items():
             prompts.set(name, value)
         if self.is_train:
-            prompts.gt_mask_targets = mask_targets(
-                masks, boxes, size, self.target_stride, self.soft_targets
-            )
+            prompts.gt_mask_targets = mask_targets(masks, boxes, size, self.target_stride)
         d["image"] = _to_chw(aug_input.image)
         d["instances"] = prompts
         d.pop("annotations", None)

@@ -531,7 +531,7 @@ class SAMPrompt(nn.Module):
             prev = kept.detach()
             if r not in mask_only:
                 coords, labels = sample_clicks(
-                    prev[:, 0, :gh, :gw] > self.mask_threshold, targets > 0.5, stride
+                    prev[:, 0, :gh, :gw] > self.mask_threshold, targets, stride
                 )
                 points = append_clicks(points, coords, labels)
             logits, iou_pred = self._decode(embedding, boxes, points, False, masks=prev)
