@@ -173,7 +173,7 @@ def main():
         help="prompts per chunk (default: 64 for the tiny decoder, 32 (MODEL.SAM.PROMPTS_PER_CHUNK's "
         "default) for vit_b). A chunk has a fixed cost, the tiny decoder's ~10 ms (SAM's decoder is "
         "~1,600 operator calls forward, twice that backward) against ~3 ms per prompt: chunks of 32 "
-        "ran at 0.92 of one-shot decoding at 100 instances, chunks of 64 at 0.96 or more",
+        "ran at 0.92 of one-shot decoding at 100 instances, chunks of 64 at 0.93-0.96 (two runs)",
     )
     parser.add_argument(
         "--steps", type=int, default=9, help="timed steps of each mode (their median is kept)"
@@ -252,15 +252,14 @@ def main():
     )
     print(f"{'instances':>9} {'mode':>9} {'peak MB':>9} {'step s':>8} {'inst/s':>8}")
     for n in args.counts:
-        modes = [(args.chunk, 0)] + ([(0, 0)] if n <= one_shot_max else [])
-        times = child(n, 0, [c for c, _ in modes], args.steps, env_time)
+        chunks = [args.chunk] + ([0] if n <= one_shot_max else [])
+        times = {(int(c), 0): t for c, t in child(n, 0, chunks, args.steps, env_time).items()}
         if args.iterative:
-            modes.append((args.chunk, 1))
-            times[f"{args.chunk}i"] = child(n, 1, [args.chunk], args.steps, env_time)[
+            times[(args.chunk, 1)] = child(n, 1, [args.chunk], args.steps, env_time)[
                 str(args.chunk)
             ]
-        for chunk, iterative in modes:
-            step_s = times[f"{chunk}i" if iterative else str(chunk)]
+        for chunk, iterative in times:
+            step_s = times[(chunk, iterative)]
             peak_mb = child(n, iterative, [chunk], 0, env_mem)["peak_mb"]
             rows[(n, chunk, iterative)] = r = {
                 "peak_mb": peak_mb,

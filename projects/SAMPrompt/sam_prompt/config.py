@@ -158,8 +158,8 @@ def add_sam_config(cfg):
     # this bounds memory; gradients of all chunks reach the image encoder. 0 = all prompts of an
     # image at once (memory grows with the number of instances). Each chunk also has a fixed cost
     # (SAM's decoder is ~1,600 operator calls forward): at ViT-B size 32 prompts hold ~3.5 GB and
-    # the fixed cost is negligible; tiny CPU decoders (64 channels, 16 x 16 embedding) need ~64
-    # prompts per chunk to run at 0.95 of one-shot speed (benchmarks/train_memory.py).
+    # the fixed cost is negligible; tiny CPU decoders (64 channels, 16 x 16 embedding) ran at 0.92
+    # of one-shot speed with 32 and 0.93-0.96 with 64 (benchmarks/train_memory.py).
     _C.MODEL.SAM.PROMPTS_PER_CHUNK = 32
     # Train on at most this many (randomly chosen) instances per image; 0 = all of them.
     # Inference always uses every prompt.
