@@ -357,6 +357,13 @@ def test_fine_features_weights_into_a_model_without_them_are_refused(tmp_path):
     torch.save({"model": build_model(tiny_cfg()).state_dict()}, plain)
     SAMCheckpointer.from_config(cfg, build_model(cfg)).load(plain)
     SAMCheckpointer.from_config(cfg, build_model(cfg)).load(path)
+    # A mask refinement likewise: refused when dropped, fresh (zero: no change) when absent.
+    refined = tiny_cfg(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4)
+    path2 = str(tmp_path / "refined.pth")
+    torch.save({"model": build_model(refined).state_dict()}, path2)
+    with pytest.raises(CheckpointError, match=r"refined\.pth.*FINE_REFINE"):
+        SAMCheckpointer.from_config(cfg, build_model(cfg)).load(path2)
+    SAMCheckpointer.from_config(refined, build_model(refined)).load(path)
 
 
 def test_resume_skips_broken_checkpoints(tmp_path, sam_log):

@@ -456,6 +456,67 @@ def test_fine_features_start_as_plain_sam_and_learn_through_the_chunked_loss(rec
         build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__CUSTOM__PATCH_SIZE=4)
 
 
+def test_mask_refinement_starts_as_identity_and_learns_through_the_chunked_loss(records):
+    base = build(MODEL__SAM__FINE_FEATURES=8)
+    model = build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4)
+    model.load_state_dict(base.state_dict(), strict=False)
+    batch = mapped(records)
+    base.train(), model.train()
+    torch.manual_seed(1)
+    ref = base(batch)
+    torch.manual_seed(1)
+    out = model(batch)
+    for k in ref:  # zero-initialised last layer: the same losses
+        torch.testing.assert_close(out[k], ref[k])
+    sum(out.values()).backward()
+    refine = model.fine_features.refinement
+    assert refine.body[-1].weight.grad.abs().sum() > 0
+    assert refine.mask.weight.grad.abs().sum() == 0  # behind the zero layer, for now
+
+    # Once non-zero it changes the logits of each mask by what surrounds it, image and mask.
+    with torch.no_grad():
+        for p in refine.parameters():
+            p.normal_(std=0.1)
+        model.fine_features.stem[-1].weight.normal_(std=0.1)  # else the features are zero
+    logits = torch.zeros(2, 3, 64, 64)
+    logits[0, :, 20:30, 20:30] = 8.0  # one square mask; the other empty
+    fine = torch.zeros(1, 8, 64, 64)
+    with torch.no_grad():
+        out_logits = refine(logits, fine)
+        delta = out_logits - logits
+    assert out_logits.shape == logits.shape
+    # Far from the square, both masks see the same (empty) surroundings: the same change.
+    torch.testing.assert_close(delta[0, :, 50:, 50:], delta[1, :, 50:, 50:])
+    assert not torch.allclose(delta[0, :, 20:30, 20:30], delta[1, :, 20:30, 20:30])
+    fine2 = fine.clone()
+    fine2[..., 40:44, 40:44] = 1.0
+    with torch.no_grad():
+        delta2 = refine(logits, fine2) - logits
+    assert not torch.allclose(delta2[:, :, 38:46, 38:46], delta[:, :, 38:46, 38:46])
+    torch.testing.assert_close(delta2[:, :, :20, :20], delta[:, :, :20, :20])  # out of reach
+
+    # Every layer learns, through the chunked loss, and chunking does not change the gradient.
+    grads = {}
+    for chunk in (1, 64):
+        model.zero_grad()
+        model.prompts_per_chunk = chunk
+        torch.manual_seed(1)
+        sum(model(batch).values()).backward()
+        grads[chunk] = [p.grad.clone() for p in refine.parameters()]
+        assert all(g.abs().sum() > 0 for g in grads[chunk])
+    for a, b in zip(grads[1], grads[64]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        masks = model(mapped(records, is_train=False))[0]["instances"].pred_masks
+    assert masks.shape[0] == len(records[0]["annotations"])
+
+    with pytest.raises(ValueError, match="FINE_FEATURES > 0"):
+        build(MODEL__SAM__FINE_REFINE=4)
+    with pytest.raises(ValueError, match="FINE_REFINE"):
+        build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=-1)
+
+
 def test_training_reports_empty_share_and_mask_iou_and_warns_on_collapse(
     records, caplog, monkeypatch
 ):

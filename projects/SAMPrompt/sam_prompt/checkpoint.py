@@ -82,6 +82,11 @@ class SAMCheckpointer(DetectionCheckpointer):
         missing = [
             k for k in incompatible.missing_keys if k.startswith("sam.") and ".lora_" not in k
         ]
+        if any(k.startswith("fine_features.refinement.") for k in incompatible.unexpected_keys):
+            raise CheckpointError(
+                f"MODEL.WEIGHTS {self._loading} was trained with a mask refinement: set "
+                "MODEL.SAM.FINE_REFINE as in training (its config.yaml), or its masks would differ"
+            )
         if any(k.startswith("fine_features.") for k in incompatible.unexpected_keys):
             raise CheckpointError(
                 f"MODEL.WEIGHTS {self._loading} was trained with fine image features: set "

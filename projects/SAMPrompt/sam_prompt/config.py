@@ -100,6 +100,10 @@ def add_sam_config(cfg):
     # follow thin image structure that 16-pixel patches blur (sam_prompt.modeling.FineFeatures).
     # New weights, zero-initialised: the model starts as plain SAM. 0 = off (the official layout).
     _C.MODEL.SAM.FINE_FEATURES = 0
+    # > 0 (with FINE_FEATURES): a per-mask refinement of the decoder's logits by three small
+    # convolutions (this many channels) over the mask and the fine features, added to the logits
+    # (sam_prompt.modeling.MaskRefinement). Zero-initialised. 0 = off.
+    _C.MODEL.SAM.FINE_REFINE = 0
 
     # Parts of SAM kept fixed during training.
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
-__all__ = ["FineFeatures"]
+__all__ = ["FineFeatures", "MaskRefinement"]
 
 
 class FineFeatures(nn.Module):
@@ -24,7 +24,9 @@ class FineFeatures(nn.Module):
     (:meth:`fold`) and unfolded where the decoder runs (:meth:`unfold`).
     """
 
-    def __init__(self, *, hidden_channels, out_channels, patch_size, embed_channels):
+    def __init__(
+        self, *, hidden_channels, out_channels, patch_size, embed_channels, refine_channels=0
+    ):
         super().__init__()
         if patch_size % 8:
             raise ValueError(
@@ -43,6 +45,9 @@ class FineFeatures(nn.Module):
         )
         nn.init.zeros_(self.stem[-1].weight)
         nn.init.zeros_(self.stem[-1].bias)
+        self.refinement = (
+            MaskRefinement(out_channels, refine_channels) if refine_channels > 0 else None
+        )
 
     def fold(self, images, embeddings):
         """(B, 3, S, S) preprocessed images, (B, C, h, w) embeddings -> (B, C + 16c, h, w)."""
@@ -55,3 +60,39 @@ class FineFeatures(nn.Module):
             [self.embed_channels, features.shape[1] - self.embed_channels], dim=1
         )
         return embedding, F.pixel_shuffle(fine, self.factor)
+
+
+class MaskRefinement(nn.Module):
+    """
+    A per-mask convolutional refinement of the decoder's logits on the mask grid
+    (``MODEL.SAM.FINE_REFINE``): the fine image features and each mask's own logits pass through
+    three small convolutions whose output is added to the logits.
+
+    The decoder's last step is linear in the fine features (a dot product per mask), so it can
+    take a trough off a mask but cannot move an edge to the trough next to it; these layers see
+    the mask and the image together, across ~15 cells. Their first layer is a convolution of the
+    concatenated (features, mask), computed as the sum of its image part (once per image) and its
+    mask part (per mask). The last layer starts at zero: the model starts as without it.
+    """
+
+    def __init__(self, feature_channels, channels):
+        super().__init__()
+        self.image = nn.Conv2d(feature_channels, channels, 3, padding=1)
+        self.mask = nn.Conv2d(1, channels, 3, padding=1, bias=False)
+        self.body = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=2, dilation=2),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=4, dilation=4),
+            nn.GELU(),
+            nn.Conv2d(channels, 1, 3, padding=1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, logits, fine):
+        """(N, K, H, W) mask logits, (1, c, H, W) fine features -> refined (N, K, H, W)."""
+        n, k, h, w = logits.shape
+        # Bounded input: the decoder's logits reach tens; the shape of the mask is what matters.
+        x = self.mask(torch.tanh(logits.reshape(n * k, 1, h, w) / 4)) + self.image(fine)
+        return logits + self.body(x).reshape(n, k, h, w)

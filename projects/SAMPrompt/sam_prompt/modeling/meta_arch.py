@@ -327,13 +327,16 @@ class SAMPrompt(nn.Module):
         if self.fine_features is not None:
             embedding, self._fine = self.fine_features.unfold(embedding)
         try:
-            return self.sam.mask_decoder(
+            logits, iou_pred = self.sam.mask_decoder(
                 image_embeddings=embedding,
                 image_pe=self.sam.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
+            if self._fine is not None and self.fine_features.refinement is not None:
+                logits = self.fine_features.refinement(logits, self._fine)
+            return logits, iou_pred
         finally:
             self._fine = None
 
@@ -419,12 +422,10 @@ class SAMPrompt(nn.Module):
                         targets[sl],
                     )
                 )
-        params = [
-            p
-            for m in (self.sam.prompt_encoder, self.sam.mask_decoder)
-            for p in m.parameters()
-            if p.requires_grad
-        ]
+        decoding = [self.sam.prompt_encoder, self.sam.mask_decoder]
+        if self.fine_features is not None and self.fine_features.refinement is not None:
+            decoding.append(self.fine_features.refinement)
+        params = [p for m in decoding for p in m.parameters() if p.requires_grad]
         if num_instances == 0:  # keeps every parameter in the graph (DDP) with zero loss
             zero = sum(p.sum() for p in params) * 0.0 + embeddings.sum() * 0.0
             terms = torch.stack([zero] * 3)
@@ -637,7 +638,15 @@ def _fine_features_from_cfg(cfg):
     hidden = cfg.MODEL.SAM.FINE_FEATURES
     if hidden < 0:
         raise ValueError(f"MODEL.SAM.FINE_FEATURES={hidden}: channels of the stem, >= 0 (0 = off)")
+    refine = cfg.MODEL.SAM.FINE_REFINE
+    if refine < 0:
+        raise ValueError(f"MODEL.SAM.FINE_REFINE={refine}: channels, >= 0 (0 = off)")
     if hidden == 0:
+        if refine:
+            raise ValueError(
+                f"MODEL.SAM.FINE_REFINE={refine} refines masks with the fine image features: "
+                "set MODEL.SAM.FINE_FEATURES > 0 too"
+            )
         return None
     arch = sam_arch_from_cfg(cfg)
     return FineFeatures(
@@ -645,6 +654,7 @@ def _fine_features_from_cfg(cfg):
         out_channels=arch["prompt_embed_dim"] // 8,  # channels of the upscaled embedding
         patch_size=arch["patch_size"],
         embed_channels=arch["prompt_embed_dim"],
+        refine_channels=refine,
     )
 
 
