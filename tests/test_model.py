@@ -473,27 +473,40 @@ def test_mask_refinement_starts_as_identity_and_learns_through_the_chunked_loss(
     assert refine.body[-1].weight.grad.abs().sum() > 0
     assert refine.mask.weight.grad.abs().sum() == 0  # behind the zero layer, for now
 
-    # Once non-zero it changes the logits of each mask by what surrounds it, image and mask.
+    # Once non-zero it changes each mask by what surrounds it, image and mask. Refined in a
+    # window around each mask, the masks' boxes get exactly what the whole grid would give.
     with torch.no_grad():
         for p in refine.parameters():
             p.normal_(std=0.1)
         model.fine_features.stem[-1].weight.normal_(std=0.1)  # else the features are zero
-    logits = torch.zeros(2, 3, 64, 64)
-    logits[0, :, 20:30, 20:30] = 8.0  # one square mask; the other empty
-    fine = torch.zeros(1, 8, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.full((4, 3, 64, 64), -6.0)
+    logits[0, :, 20:30, 24:31] = 8.0
+    logits[1, 0, 2:9, 50:63] = 5.0  # at the grid's edge
+    logits[1, 2, 5:12, 45:52] = 3.0  # another candidate: its box is the union
+    logits[2] += torch.randn(3, 64, 64, generator=g)  # no positive cell: around its highest
+    logits[3, :, 30:35, 10:14] = 4.0
+    fine = torch.randn(1, 8, 64, 64, generator=g)
     with torch.no_grad():
         out_logits = refine(logits, fine)
-        delta = out_logits - logits
-    assert out_logits.shape == logits.shape
-    # Far from the square, both masks see the same (empty) surroundings: the same change.
-    torch.testing.assert_close(delta[0, :, 50:, 50:], delta[1, :, 50:, 50:])
-    assert not torch.allclose(delta[0, :, 20:30, 20:30], delta[1, :, 20:30, 20:30])
-    fine2 = fine.clone()
-    fine2[..., 40:44, 40:44] = 1.0
-    with torch.no_grad():
-        delta2 = refine(logits, fine2) - logits
-    assert not torch.allclose(delta2[:, :, 38:46, 38:46], delta[:, :, 38:46, 38:46])
-    torch.testing.assert_close(delta2[:, :, :20, :20], delta[:, :, :20, :20])  # out of reach
+        full = refine.body(
+            refine.mask(torch.tanh(logits.reshape(12, 1, 64, 64) / 4)) + refine.image(fine)
+        ).reshape(4, 3, 64, 64)
+    cells, (sh, sw) = refine.windows(logits)
+    assert out_logits.shape == logits.shape and sh == sw == 40  # (62 - 45) + 2 + 16 -> 40
+    boxes = [(20, 30, 24, 31), (2, 12, 45, 63), None, (30, 35, 10, 14)]
+    for i, box in enumerate(boxes):
+        changed = out_logits[i] != logits[i]
+        assert changed.flatten(1).sum(1).tolist() == [sh * sw] * 3  # its window only
+        if box is None:
+            y, x = divmod(int(logits[i].amax(0).argmax()), 64)
+            box = (y, y + 1, x, x + 1)
+        y0, y1, x0, x1 = box
+        torch.testing.assert_close(
+            out_logits[i, :, y0:y1, x0:x1], logits[i, :, y0:y1, x0:x1] + full[i, :, y0:y1, x0:x1]
+        )
+    with torch.no_grad():  # no masks in a chunk
+        assert refine(logits[:0], fine).shape == (0, 3, 64, 64)
 
     # Every layer learns, through the chunked loss, and chunking does not change the gradient.
     grads = {}

@@ -70,10 +70,17 @@ class MaskRefinement(nn.Module):
 
     The decoder's last step is linear in the fine features (a dot product per mask), so it can
     take a trough off a mask but cannot move an edge to the trough next to it; these layers see
-    the mask and the image together, across ~15 cells. Their first layer is a convolution of the
-    concatenated (features, mask), computed as the sum of its image part (once per image) and its
-    mask part (per mask). The last layer starts at zero: the model starts as without it.
+    the mask and the image together, across ``REACH`` cells each side. Their first layer is a
+    convolution of the concatenated (features, mask), computed as the sum of its image part (once
+    per image) and its mask part (per mask). The last layer starts at zero: the model starts as
+    without it.
+
+    Each mask is refined in a window around it (its box grown by ``REACH`` cells each side, one
+    size for all masks of a call): on the cells of the box the result is that of the whole grid,
+    at the cost of the window (IWP objects cover a few cells of a 128-cell grid).
     """
+
+    REACH = 8  # receptive field radius in cells: 1 + 2 + 4 + 1
 
     def __init__(self, feature_channels, channels):
         super().__init__()
@@ -93,6 +100,43 @@ class MaskRefinement(nn.Module):
     def forward(self, logits, fine):
         """(N, K, H, W) mask logits, (1, c, H, W) fine features -> refined (N, K, H, W)."""
         n, k, h, w = logits.shape
+        if n == 0:
+            return logits
+        image = self.image(fine)  # once per image, on the whole grid
+        cells, (sh, sw) = self.windows(logits.detach())
+        idx = cells[:, None]  # (N, 1, sh * sw) flat indices into the grid
+        flat = logits.flatten(2)
+        win = torch.gather(flat, 2, idx.expand(n, k, -1)).reshape(n * k, 1, sh, sw)
+        img = torch.gather(image.flatten(2).expand(n, -1, -1), 2, idx.expand(n, image.shape[1], -1))
+        img = img.repeat_interleave(k, dim=0).reshape(n * k, -1, sh, sw)
         # Bounded input: the decoder's logits reach tens; the shape of the mask is what matters.
-        x = self.mask(torch.tanh(logits.reshape(n * k, 1, h, w) / 4)) + self.image(fine)
-        return logits + self.body(x).reshape(n, k, h, w)
+        delta = self.body(self.mask(torch.tanh(win / 4)) + img).reshape(n, k, sh * sw)
+        return flat.scatter_add(2, idx.expand(n, k, -1), delta).reshape(n, k, h, w)
+
+    def windows(self, logits):
+        """
+        The window of each mask: flat grid indices (N, sh * sw) and the side (sh, sw). A window is
+        centred on the box of the mask's positive cells (any of its K candidates; an empty mask:
+        its highest cell) and shifted to lie inside the grid.
+        """
+        n, _, h, w = logits.shape
+        fg = (logits > 0).any(1)
+        peak = logits.amax(1).flatten(1).argmax(1)
+        spans = []
+        for axis, size, at_peak in ((2, h, peak // w), (1, w, peak % w)):
+            occupied = fg.any(axis)  # (N, size)
+            ar = torch.arange(size, device=logits.device)
+            lo = torch.where(occupied, ar, size).amin(1)
+            hi = torch.where(occupied, ar, -1).amax(1)
+            empty = hi < 0
+            spans.append((torch.where(empty, at_peak, lo), torch.where(empty, at_peak, hi)))
+        extent = max(int((hi - lo).max()) for lo, hi in spans) + 2 + 2 * self.REACH
+        side = -(-extent // 8) * 8
+        sh, sw = min(side, h), min(side, w)
+        starts = [
+            ((lo + hi + 1) // 2 - s // 2).clamp(0, size - s)
+            for (lo, hi), s, size in zip(spans, (sh, sw), (h, w))
+        ]
+        ys = starts[0][:, None] + torch.arange(sh, device=logits.device)
+        xs = starts[1][:, None] + torch.arange(sw, device=logits.device)
+        return (ys[:, :, None] * w + xs[:, None, :]).flatten(1), (sh, sw)
