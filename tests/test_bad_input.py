@@ -364,6 +364,15 @@ def test_fine_features_weights_into_a_model_without_them_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"refined\.pth.*FINE_REFINE"):
         SAMCheckpointer.from_config(cfg, build_model(cfg)).load(path2)
     SAMCheckpointer.from_config(refined, build_model(refined)).load(path)
+    # Rescored masks likewise: their scores would change.
+    rescored = tiny_cfg(
+        MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4, MODEL__SAM__FINE_RESCORE=True
+    )
+    path3 = str(tmp_path / "rescored.pth")
+    torch.save({"model": build_model(rescored).state_dict()}, path3)
+    with pytest.raises(CheckpointError, match=r"rescored\.pth.*FINE_RESCORE"):
+        SAMCheckpointer.from_config(refined, build_model(refined)).load(path3)
+    SAMCheckpointer.from_config(rescored, build_model(rescored)).load(path2)
 
 
 def test_resume_skips_broken_checkpoints(tmp_path, sam_log):

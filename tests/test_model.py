@@ -530,6 +530,55 @@ def test_mask_refinement_starts_as_identity_and_learns_through_the_chunked_loss(
         build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=-1)
 
 
+def test_rescoring_starts_as_the_decoder_and_scores_each_mask_by_its_own_features(records):
+    refined = build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4)
+    model = build(
+        MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4, MODEL__SAM__FINE_RESCORE=True
+    )
+    with torch.no_grad():  # a trained refinement, so that the masks have features to score
+        for p in refined.fine_features.parameters():
+            p.normal_(std=0.1)
+    model.load_state_dict(refined.state_dict(), strict=False)
+    test_batch = mapped(records, is_train=False)
+    refined.eval(), model.eval()
+    with torch.no_grad():
+        ref, out = refined(test_batch)[0]["instances"], model(test_batch)[0]["instances"]
+    torch.testing.assert_close(out.scores, ref.scores)  # zero-initialised: the decoder's IoU
+    assert torch.equal(out.pred_masks, ref.pred_masks)
+
+    # The IoU loss trains the head, through the chunked loss, the same at any chunk size; the
+    # mask losses do not reach it.
+    batch = mapped(records)
+    model.train()
+    score = model.fine_features.refinement.score
+    grads = {}
+    for chunk in (1, 64):
+        model.zero_grad()
+        model.prompts_per_chunk, model.loss_weights = chunk, (0.0, 0.0, 1.0)
+        torch.manual_seed(1)
+        sum(model(batch).values()).backward()
+        grads[chunk] = score[-1].weight.grad.clone()
+        assert grads[chunk].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[64], rtol=1e-4, atol=1e-7)
+    model.zero_grad()
+    model.loss_weights = (1.0, 1.0, 0.0)
+    sum(model(batch).values()).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in score.parameters())
+
+    # Once trained, each mask's score moves by its own amount; the masks stay the same.
+    with torch.no_grad():
+        for p in score.parameters():
+            p.normal_(std=0.5)
+    model.eval()
+    with torch.no_grad():
+        out = model(test_batch)[0]["instances"]
+    assert torch.equal(out.pred_masks, ref.pred_masks)
+    assert len(set(torch.round(out.scores - ref.scores, decimals=5).tolist())) > 1
+
+    with pytest.raises(ValueError, match="FINE_REFINE > 0"):
+        build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_RESCORE=True)
+
+
 def test_training_reports_empty_share_and_mask_iou_and_warns_on_collapse(
     records, caplog, monkeypatch
 ):

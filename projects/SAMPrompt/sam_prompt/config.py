@@ -104,6 +104,10 @@ def add_sam_config(cfg):
     # convolutions (this many channels) over the mask and the fine features, added to the logits
     # (sam_prompt.modeling.MaskRefinement). Zero-initialised. 0 = off.
     _C.MODEL.SAM.FINE_REFINE = 0
+    # With FINE_REFINE: also correct each mask's predicted IoU (its score) from the refinement's
+    # features over the refined mask and its edge; the decoder predicts it before they shape the
+    # mask. Zero-initialised.
+    _C.MODEL.SAM.FINE_RESCORE = False
 
     # Parts of SAM kept fixed during training.
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False

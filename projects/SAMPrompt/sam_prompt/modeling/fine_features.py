@@ -25,7 +25,14 @@ class FineFeatures(nn.Module):
     """
 
     def __init__(
-        self, *, hidden_channels, out_channels, patch_size, embed_channels, refine_channels=0
+        self,
+        *,
+        hidden_channels,
+        out_channels,
+        patch_size,
+        embed_channels,
+        refine_channels=0,
+        rescore=False,
     ):
         super().__init__()
         if patch_size % 8:
@@ -46,7 +53,9 @@ class FineFeatures(nn.Module):
         nn.init.zeros_(self.stem[-1].weight)
         nn.init.zeros_(self.stem[-1].bias)
         self.refinement = (
-            MaskRefinement(out_channels, refine_channels) if refine_channels > 0 else None
+            MaskRefinement(out_channels, refine_channels, rescore=rescore)
+            if refine_channels > 0
+            else None
         )
 
     def fold(self, images, embeddings):
@@ -78,11 +87,17 @@ class MaskRefinement(nn.Module):
     Each mask is refined in a window around it (its box grown by ``REACH`` cells each side, one
     size for all masks of a call): on the cells of the box the result is that of the whole grid,
     at the cost of the window (IWP objects cover a few cells of a 128-cell grid).
+
+    With ``rescore`` (``MODEL.SAM.FINE_RESCORE``) it also corrects each mask's predicted IoU, which
+    the decoder predicts before the fine features and this refinement shape the mask: a small head
+    on the last hidden layer's features, averaged over the refined mask and over its edge (weights
+    from the mask's probabilities, detached), adds to the decoder's prediction. Its last layer
+    starts at zero too; the IoU loss trains it.
     """
 
     REACH = 8  # receptive field radius in cells: 1 + 2 + 4 + 1
 
-    def __init__(self, feature_channels, channels):
+    def __init__(self, feature_channels, channels, rescore=False):
         super().__init__()
         self.image = nn.Conv2d(feature_channels, channels, 3, padding=1)
         self.mask = nn.Conv2d(1, channels, 3, padding=1, bias=False)
@@ -96,12 +111,21 @@ class MaskRefinement(nn.Module):
         )
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
+        self.score = None
+        if rescore:
+            # (mean over the mask, mean over its edge) of each hidden channel, and the edge's share
+            self.score = nn.Sequential(nn.Linear(2 * channels + 1, 16), nn.GELU(), nn.Linear(16, 1))
+            nn.init.zeros_(self.score[-1].weight)
+            nn.init.zeros_(self.score[-1].bias)
 
-    def forward(self, logits, fine):
-        """(N, K, H, W) mask logits, (1, c, H, W) fine features -> refined (N, K, H, W)."""
+    def forward(self, logits, fine, iou_pred=None):
+        """
+        (N, K, H, W) mask logits, (1, c, H, W) fine features[, (N, K) predicted IoU] -> refined
+        logits (N, K, H, W)[, the predicted IoU, corrected with ``rescore``].
+        """
         n, k, h, w = logits.shape
         if n == 0:
-            return logits
+            return logits if iou_pred is None else (logits, iou_pred)
         image = self.image(fine)  # once per image, on the whole grid
         cells, (sh, sw) = self.windows(logits.detach())
         idx = cells[:, None]  # (N, 1, sh * sw) flat indices into the grid
@@ -110,8 +134,28 @@ class MaskRefinement(nn.Module):
         img = torch.gather(image.flatten(2).expand(n, -1, -1), 2, idx.expand(n, image.shape[1], -1))
         img = img.repeat_interleave(k, dim=0).reshape(n * k, -1, sh, sw)
         # Bounded input: the decoder's logits reach tens; the shape of the mask is what matters.
-        delta = self.body(self.mask(torch.tanh(win / 4)) + img).reshape(n, k, sh * sw)
-        return flat.scatter_add(2, idx.expand(n, k, -1), delta).reshape(n, k, h, w)
+        hidden = self.body[:-1](self.mask(torch.tanh(win / 4)) + img)
+        delta = self.body[-1](hidden)
+        refined = flat.scatter_add(2, idx.expand(n, k, -1), delta.reshape(n, k, sh * sw))
+        refined = refined.reshape(n, k, h, w)
+        if iou_pred is None:
+            return refined
+        if self.score is not None:
+            iou_pred = iou_pred + self._score(hidden, win + delta).reshape(n, k).to(iou_pred.dtype)
+        return refined, iou_pred
+
+    def _score(self, hidden, logits):
+        """(M, c, sh, sw) hidden features, (M, 1, sh, sw) refined logits -> (M,) IoU correction."""
+        p = torch.sigmoid(logits.detach().float())
+        edge = 4 * p * (1 - p)  # 1 on the outline, 0 far from it
+
+        def mean(weights):
+            total = weights.flatten(1).sum(1).clamp(min=1e-6)
+            return (hidden.float() * weights).flatten(2).sum(2) / total[:, None]
+
+        share = edge.flatten(1).sum(1) / p.flatten(1).sum(1).clamp(min=1)
+        feats = torch.cat([mean(p), mean(edge), share[:, None]], dim=1)
+        return self.score(feats.to(hidden.dtype))[:, 0]
 
     def windows(self, logits):
         """

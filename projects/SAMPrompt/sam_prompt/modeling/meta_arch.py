@@ -335,7 +335,7 @@ class SAMPrompt(nn.Module):
                 multimask_output=multimask,
             )
             if self._fine is not None and self.fine_features.refinement is not None:
-                logits = self.fine_features.refinement(logits, self._fine)
+                logits, iou_pred = self.fine_features.refinement(logits, self._fine, iou_pred)
             return logits, iou_pred
         finally:
             self._fine = None
@@ -641,6 +641,12 @@ def _fine_features_from_cfg(cfg):
     refine = cfg.MODEL.SAM.FINE_REFINE
     if refine < 0:
         raise ValueError(f"MODEL.SAM.FINE_REFINE={refine}: channels, >= 0 (0 = off)")
+    rescore = cfg.MODEL.SAM.FINE_RESCORE
+    if rescore and not refine:
+        raise ValueError(
+            "MODEL.SAM.FINE_RESCORE corrects the predicted IoU from the mask refinement's "
+            "features: set MODEL.SAM.FINE_REFINE > 0 too"
+        )
     if hidden == 0:
         if refine:
             raise ValueError(
@@ -655,6 +661,7 @@ def _fine_features_from_cfg(cfg):
         patch_size=arch["patch_size"],
         embed_channels=arch["prompt_embed_dim"],
         refine_channels=refine,
+        rescore=rescore,
     )
 
 
