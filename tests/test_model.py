@@ -612,3 +612,97 @@ def test_training_reports_empty_share_and_mask_iou_and_warns_on_collapse(
     share, iou, text = seen["plain"]  # a random model: some overlap, judged by the same numbers
     assert 0.0 <= share <= 1.0 and 0.0 <= iou <= 1.0
     assert ("collapsing" in text) == (share > 0.5)
+
+
+def test_views_map_pixels_points_and_boxes_alike():
+    from sam_prompt.modeling.meta_arch import (
+        TEST_AUG_VIEWS,
+        unview_image,
+        view_boxes,
+        view_image,
+        view_xy,
+    )
+
+    h, w = 5, 7
+    image = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w)
+    for view in TEST_AUG_VIEWS["d4"]:
+        viewed = view_image(image, view)
+        assert torch.equal(unview_image(viewed, view), image)
+        # The centre of pixel (r, c) lands in the pixel that holds its value.
+        for r, c in [(0, 0), (1, 5), (4, 6)]:
+            x, y = view_xy(torch.tensor([c + 0.5, r + 0.5]), view, (h, w)).tolist()
+            assert viewed[0, int(y), int(x)] == image[0, r, c]
+        # A box covers, in the view, the pixels its pixels went to.
+        box = torch.tensor([[1.0, 2.0, 4.0, 5.0]])  # x 1..4, y 2..5
+        mask = torch.zeros(1, h, w)
+        mask[0, 2:5, 1:4] = 1
+        x0, y0, x1, y1 = view_boxes(box, view, (h, w))[0].int().tolist()
+        expected = torch.zeros_like(view_image(mask, view))
+        expected[0, y0:y1, x0:x1] = 1
+        assert torch.equal(view_image(mask, view), expected)
+    assert len(set(TEST_AUG_VIEWS["d4"])) == 8 and TEST_AUG_VIEWS["d4"][0] == (False,) * 3
+
+
+@pytest.mark.parametrize("prompt", ["box", "point"])
+def test_d4_test_aug_makes_predictions_equivariant(tmp_path, prompt):
+    from detectron2.structures import Boxes, Instances
+
+    from sam_prompt.modeling.meta_arch import TEST_AUG_VIEWS, view_boxes, view_image, view_xy
+
+    shapes = [
+        (polygon_ellipse(30, 20, 12, 7, 16, 0.3), 0),
+        (polygon_ellipse(70, 60, 9, 14, 16, 0.0), 1),
+        (polygon_ellipse(25, 75, 8, 8, 16, 0.0), 0),
+    ]
+    record = shapes_image(str(tmp_path / "square.png"), shapes, size=(96, 96), seed=4)
+    opts = dict(
+        MODEL__SAM__PROMPT__TYPE=prompt,
+        MODEL__SAM__FINE_FEATURES=8,
+        MODEL__SAM__FINE_REFINE=4,
+        MODEL__SAM__FINE_RESCORE=True,
+    )
+    x = mapped([record], is_train=False, **opts)[0]
+    size = tuple(x["image"].shape[-2:])
+
+    def viewed(view):
+        inst = x["instances"]
+        out = Instances(inst.image_size)
+        out.prompt_boxes = Boxes(view_boxes(inst.prompt_boxes.tensor, view, size))
+        out.prompt_points = view_xy(inst.prompt_points, view, size)
+        out.prompt_labels, out.prompt_classes = inst.prompt_labels, inst.prompt_classes
+        return dict(x, image=view_image(x["image"], view), instances=out)
+
+    def predict(model, inputs):
+        with torch.no_grad():
+            return model([inputs])[0]["instances"]
+
+    for test_aug, should_hold in (("d4", True), ("", False)):
+        model = build(MODEL__SAM__TEST_AUG=test_aug, **opts)
+        with torch.no_grad():  # trained-like fine features, refinement and rescoring
+            for p in model.fine_features.parameters():
+                p.normal_(std=0.2)
+            model.sam.mask_decoder.iou_prediction_head.layers[-1].bias += 0.5  # scores in (0, 1)
+        model.eval()
+        # Untrained, its logits are all negative: threshold them at their median.
+        with torch.no_grad():
+            boxes, points = model._prompt_tensors(x["instances"])
+            logits = model._decode(model.embed([x]), boxes, points, model._multimask(points))[0]
+        model.mask_threshold = float(logits.flatten().median())
+        ref = predict(model, x)
+        assert 0.01 < ref.pred_masks.float().mean() < 0.99 and (ref.scores > 0).all()
+        agree, scores_close = [], []
+        for view in TEST_AUG_VIEWS["d4"][1:]:
+            out = predict(model, viewed(view))
+            agree.append((out.pred_masks == view_image(ref.pred_masks, view)).float().mean())
+            scores_close.append(torch.allclose(out.scores, ref.scores, atol=1e-5))
+        if should_hold:  # the same masks and scores, whichever way the image is turned
+            assert min(agree) > 0.999 and all(scores_close), (agree, scores_close)
+        else:  # a SAM alone is not: the check can fail
+            assert min(agree) < 0.999 or not all(scores_close)
+
+
+def test_test_aug_errors():
+    with pytest.raises(ValueError, match="TEST_AUG='d8'"):
+        build(MODEL__SAM__TEST_AUG="d8")
+    with pytest.raises(ValueError, match="INTERACTIVE_EVAL.MAX_CLICKS 0"):
+        build(MODEL__SAM__TEST_AUG="flip", MODEL__SAM__INTERACTIVE_EVAL__MAX_CLICKS=3)

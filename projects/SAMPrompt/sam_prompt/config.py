@@ -174,6 +174,11 @@ def add_sam_config(cfg):
     _C.MODEL.SAM.MAX_INSTANCES_PER_IMAGE = 0
     # Mask logits above this are foreground.
     _C.MODEL.SAM.MASK_THRESHOLD = 0.0
+    # Test-time augmentation: "" (off), "flip" (the image and its mirror) or "d4" (its 8 rotations
+    # and reflections, for overhead imagery): each prompt is decoded on every view (each encoded as
+    # an image) and the masks' logits and predicted IoUs are averaged. Costs one encoder and decoder
+    # pass per view; not with the interactive evaluation.
+    _C.MODEL.SAM.TEST_AUG = ""
 
     # When a training crop leaves no instance, try another crop of the same image this many times
     # before the data loader draws another image.

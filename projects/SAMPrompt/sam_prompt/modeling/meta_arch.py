@@ -1,5 +1,6 @@
 """The SAMPrompt meta-architecture: Segment Anything prompted by instances, in Detectron2."""
 
+import itertools
 import logging
 
 import numpy as np
@@ -22,6 +23,55 @@ from .losses import chunked_loss, mask_iou, mask_losses
 __all__ = ["SAMPrompt", "DetectorPromptedSAM"]
 
 logger = logging.getLogger(__name__)
+
+# Views of an image for test-time augmentation (MODEL.SAM.TEST_AUG), each (transpose, flip left to
+# right, flip top to bottom), applied in that order; the first is the image itself. "d4": the 8
+# rotations and reflections of the square, all equally likely in overhead imagery.
+TEST_AUG_VIEWS = {
+    "": ((False, False, False),),
+    "flip": ((False, False, False), (False, True, False)),
+    "d4": tuple(itertools.product((False, True), repeat=3)),
+}
+
+
+def view_image(t, view):
+    """(..., H, W) -> the same in ``view``."""
+    transpose, flip_x, flip_y = view
+    if transpose:
+        t = t.transpose(-1, -2)
+    if flip_x:
+        t = t.flip(-1)
+    if flip_y:
+        t = t.flip(-2)
+    return t
+
+
+def unview_image(t, view):
+    """(..., H', W') in ``view`` -> (..., H, W): the inverse of :func:`view_image`."""
+    transpose, flip_x, flip_y = view
+    if flip_y:
+        t = t.flip(-2)
+    if flip_x:
+        t = t.flip(-1)
+    if transpose:
+        t = t.transpose(-1, -2)
+    return t
+
+
+def view_xy(xy, view, size):
+    """(..., 2) continuous (x, y) in an image of ``size`` (H, W) -> the same points in ``view``."""
+    transpose, flip_x, flip_y = view
+    h, w = size
+    if transpose:
+        xy, (h, w) = xy.flip(-1), (w, h)
+    x, y = xy.unbind(-1)
+    return torch.stack([w - x if flip_x else x, h - y if flip_y else y], dim=-1)
+
+
+def view_boxes(boxes, view, size):
+    """(N, 4) XYXY boxes in an image of ``size`` (H, W) -> the same boxes in ``view``."""
+    corners = view_xy(boxes.reshape(-1, 2, 2), view, size)
+    return torch.cat([corners.amin(1), corners.amax(1)], dim=1)
 
 
 @META_ARCH_REGISTRY.register()
@@ -69,6 +119,7 @@ class SAMPrompt(nn.Module):
         box_as_mask="",
         point_as_mask=0.0,
         fine_features=None,
+        test_aug="",
     ):
         """
         Args:
@@ -106,6 +157,9 @@ class SAMPrompt(nn.Module):
                 (``MODEL.SAM.PROMPT.POINT_AS_MASK``).
             fine_features (FineFeatures): image features added to the mask decoder's upscaled
                 embedding (``MODEL.SAM.FINE_FEATURES``); None = plain SAM.
+            test_aug (str): "" (off), "flip" or "d4": predict each prompt on these views of the
+                image (:data:`TEST_AUG_VIEWS`) and average the masks' logits and predicted IoUs
+                (``MODEL.SAM.TEST_AUG``).
         """
         super().__init__()
         if prompt_type not in ("box", "point"):
@@ -165,6 +219,15 @@ class SAMPrompt(nn.Module):
                 ">= 0 (0 = off)"
             )
         self.point_as_mask = float(point_as_mask)
+        if test_aug not in TEST_AUG_VIEWS:
+            raise ValueError(f"MODEL.SAM.TEST_AUG={test_aug!r}: expected '', 'flip' or 'd4'")
+        if test_aug and interactive_clicks:
+            raise ValueError(
+                f"MODEL.SAM.TEST_AUG={test_aug!r} averages the first prompt's masks over views of "
+                "the image, which the interactive evaluation's clicks do not replay: set "
+                "MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS 0 or MODEL.SAM.TEST_AUG ''"
+            )
+        self.views = TEST_AUG_VIEWS[test_aug]
         self.fine_features = fine_features
         self._fine = None  # the fine features of the image being decoded (see _decode)
         if fine_features is not None:
@@ -223,6 +286,7 @@ class SAMPrompt(nn.Module):
             "box_as_mask": s.PROMPT.BOX_AS_MASK,
             "point_as_mask": s.PROMPT.POINT_AS_MASK,
             "fine_features": _fine_features_from_cfg(cfg),
+            "test_aug": s.TEST_AUG,
         }
 
     @property
@@ -245,13 +309,18 @@ class SAMPrompt(nn.Module):
         Returns:
             dict[str, Tensor] in training, else list[dict] with "instances".
         """
+        embeddings = self.embed(batched_inputs)
+        if self.training:
+            return self.losses(batched_inputs, embeddings)
+        return self.inference(batched_inputs, embeddings)
+
+    def embed(self, batched_inputs):
+        """Image embeddings of the inputs (B, C, h, w), with the fine features folded in if any."""
         images = self.preprocess_image(batched_inputs)
         embeddings = self.encode(batched_inputs, images)
         if self.fine_features is not None:  # folded into extra channels: see FineFeatures
             embeddings = self.fine_features.fold(images, embeddings)
-        if self.training:
-            return self.losses(batched_inputs, embeddings)
-        return self.inference(batched_inputs, embeddings)
+        return embeddings
 
     def _forget_digest(self):
         self._encoder_digest = None
@@ -542,25 +611,31 @@ class SAMPrompt(nn.Module):
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def inference(self, batched_inputs, embeddings):
+        # Each further view of the images (test-time augmentation) is encoded as a new image.
+        view_embeddings = [embeddings] + [
+            self.embed([dict(x, image=view_image(x["image"], v)) for x in batched_inputs])
+            for v in self.views[1:]
+        ]
         results = []
         for b, x in enumerate(batched_inputs):
             inst = self._instances(x)
-            in_h, in_w = x["image"].shape[-2:]
-            out_h, out_w = x.get("height", in_h), x.get("width", in_w)
+            in_hw = tuple(x["image"].shape[-2:])
+            out_hw = (x.get("height", in_hw[0]), x.get("width", in_hw[1]))
             boxes, points = self._prompt_tensors(inst)
-            masks = torch.zeros((len(inst), out_h, out_w), dtype=torch.bool, device=self.device)
+            masks = torch.zeros((len(inst), *out_hw), dtype=torch.bool, device=self.device)
             scores = torch.zeros(len(inst), device=self.device)
             for sl in self._chunk_slices(len(inst)):
+                box = None if boxes is None else boxes[sl]
                 pts = None if points is None else (points[0][sl], points[1][sl])
-                multimask = self._multimask(pts)
-                logits, iou_pred = self._decode(
-                    embeddings[b : b + 1], None if boxes is None else boxes[sl], pts, multimask
-                )
-                if multimask:  # keep the candidate SAM rates highest
+                logits, iou_pred = 0.0, 0.0
+                for view, emb in zip(self.views, view_embeddings):
+                    out = self._predict_view(emb[b : b + 1], box, pts, view, in_hw, out_hw)
+                    logits, iou_pred = logits + out[0], iou_pred + out[1]
+                logits, iou_pred = logits / len(self.views), iou_pred / len(self.views)
+                if logits.shape[1] > 1:  # multimask: keep the candidate SAM rates highest
                     best = iou_pred.argmax(dim=1)
                     idx = torch.arange(len(best), device=best.device)
                     logits, iou_pred = logits[idx, best][:, None], iou_pred[idx, best][:, None]
-                logits = self.sam.postprocess_masks(logits, (in_h, in_w), (out_h, out_w))
                 masks[sl] = logits[:, 0] > self.mask_threshold
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
             if inst.has("prompt_scores"):  # prompted by a detector: rank by its confidence
@@ -568,7 +643,7 @@ class SAMPrompt(nn.Module):
                 scores = (
                     prompt_scores * scores if self.score_mode == "detector_x_iou" else prompt_scores
                 )
-            result = Instances((out_h, out_w))
+            result = Instances(out_hw)
             result.pred_masks = masks
             result.pred_boxes = BitMasks(masks).get_bounding_boxes().to(self.device)
             result.scores = scores
@@ -577,6 +652,26 @@ class SAMPrompt(nn.Module):
             if self.interactive_clicks:
                 results[-1]["interactive_ious"] = self._interactive(embeddings[b : b + 1], x, inst)
         return results
+
+    def _predict_view(self, embedding, boxes, points, view, in_hw, out_hw):
+        """
+        Decode prompts (given on the image) on the embedding of one ``view`` of it: (logits
+        (N, K, H, W) at the output size, back on the image; predicted IoU (N, K)).
+        """
+        multimask = self._multimask(points)
+        if view[0]:  # transposed
+            in_hw, out_hw = in_hw[::-1], out_hw[::-1]
+        if any(view):
+            size = in_hw[::-1] if view[0] else in_hw  # of the image, before the view
+            boxes = None if boxes is None else view_boxes(boxes, view, size)
+            points = None if points is None else (view_xy(points[0], view, size), points[1])
+        logits, iou_pred = self._decode(embedding, boxes, points, multimask)
+        if multimask and len(self.views) == 1:  # one view: pick before upsampling (3x cheaper)
+            best = iou_pred.argmax(dim=1)
+            idx = torch.arange(len(best), device=best.device)
+            logits, iou_pred = logits[idx, best][:, None], iou_pred[idx, best][:, None]
+        logits = self.sam.postprocess_masks(logits, in_hw, out_hw)
+        return unview_image(logits, view), iou_pred
 
     def _interactive(self, embedding, x, inst):
         """
