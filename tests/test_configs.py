@@ -121,3 +121,15 @@ def test_pretraining_writes_weights_that_fit_the_recipe():
         {k: v.shape for k, v in build_model(c).state_dict().items()} for c in (pretrain, recipe)
     ]
     assert shapes[0] == shapes[1]
+
+
+def test_interactive_shorthand_turns_test_aug_off(tmp_path):
+    from sam_prompt.engine import argument_parser, setup
+
+    cfg_file = os.path.join(CONFIGS, "sam_small_cpu.yaml")
+    base = ["--config-file", cfg_file, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+    base += ["OUTPUT_DIR", str(tmp_path / "out")]
+    assert setup(argument_parser().parse_args(base)).MODEL.SAM.TEST_AUG == "d4"
+    cfg = setup(argument_parser().parse_args(["--interactive", *base]))
+    assert cfg.MODEL.SAM.TEST_AUG == "" and cfg.MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS == 20
+    build_model(cfg)  # accepted: no test-time augmentation with the clicks

@@ -263,7 +263,9 @@ def argument_parser():
         "--interactive",
         action="store_true",
         help="also evaluate with up to 20 corrective clicks per instance (mIoU@k, NoC@85/90); "
-        "shorthand for MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS 20",
+        "shorthand for MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS 20 MODEL.SAM.TEST_AUG '' (the clicks "
+        "replay one view of the image: the whole run, COCO AP included, is without test-time "
+        "augmentation)",
     )
     parser.add_argument(
         "--class-attribute", metavar="ATTR", help="shorthand for DATASETS.VIA_CLASS_ATTRIBUTE"
@@ -304,7 +306,7 @@ def setup(args):
     if getattr(args, "prompt", None):
         shorthands += ["MODEL.SAM.PROMPT.TYPE", args.prompt]
     if getattr(args, "interactive", False):
-        shorthands += ["MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS", 20]
+        shorthands += ["MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS", 20, "MODEL.SAM.TEST_AUG", ""]
     if getattr(args, "dataset", None):
         shorthands += [
             "DATASETS.TRAIN",
