@@ -17,7 +17,9 @@ evaluates (COCOEvaluator, the same for every row):
 KEY VALUE overrides apply to every row (e.g. DATASETS.SKIP_INVALID True). Each run lives in its
 own folder under --output and is reused (or resumed) when run again; the table gives the training
 time of each row (summed over resumed runs). AP and AP75 come first: with ground-truth boxes as
-prompts AP50 is near 100 for any mask that roughly fills its box.
+prompts AP50 is near 100 for any mask that roughly fills its box. SAM rows are evaluated without
+test-time augmentation (MODEL.SAM.TEST_AUG ''), which would take the run past 30 minutes on 2 cores
+(40 min with d4); give MODEL.SAM.TEST_AUG d4 to have it.
 """
 
 import argparse
@@ -104,7 +106,7 @@ def main(argv=None):
         ]
 
     def cfg(config_file, out, *opts):
-        return make_cfg(config_file, args, out, *opts, *args.opts)
+        return make_cfg(config_file, args, out, "MODEL.SAM.TEST_AUG", "", *opts, *args.opts)
 
     mrcnn = cfg(args.maskrcnn_config, "mask_rcnn", *iters(args.maskrcnn_iters))
     register_cfg_datasets(mrcnn)
