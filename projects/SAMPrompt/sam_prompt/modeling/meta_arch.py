@@ -548,7 +548,7 @@ class SAMPrompt(nn.Module):
         logits, iou_pred = self._decode(
             embeddings[b : b + 1], boxes, points, self._multimask(points)
         )
-        kept = self._kept_logits(logits, iou_pred)
+        kept = self._best_candidate(logits, iou_pred)[0]
         # Targets cover the unpadded image on the decoder's grid.
         gh, gw = targets.shape[-2:]
         with torch.no_grad():  # the mask inference would keep: empty ones mean collapse
@@ -574,10 +574,11 @@ class SAMPrompt(nn.Module):
         )
 
     @staticmethod
-    def _kept_logits(logits, iou_pred):
-        """The candidate mask inference keeps (highest predicted IoU): (N, 1, h, w)."""
+    def _best_candidate(logits, iou_pred):
+        """The candidate mask inference keeps (highest predicted IoU): (N, 1, h, w), (N, 1)."""
         pick = iou_pred.argmax(1)
-        return logits[torch.arange(len(pick), device=pick.device), pick][:, None]
+        idx = torch.arange(len(pick), device=pick.device)
+        return logits[idx, pick][:, None], iou_pred[idx, pick][:, None]
 
     def _click_rounds(self, embedding, boxes, points, targets, first_terms, kept):
         """
@@ -605,7 +606,7 @@ class SAMPrompt(nn.Module):
                 )
                 points = append_clicks(points, coords, labels)
             logits, iou_pred = self._decode(embedding, boxes, points, False, masks=prev)
-            kept = self._kept_logits(logits, iou_pred)
+            kept = self._best_candidate(logits, iou_pred)[0]
             yield self._mask_losses(logits, iou_pred, targets) / rounds
 
     # ------------------------------------------------------------------------------------------
@@ -633,9 +634,7 @@ class SAMPrompt(nn.Module):
                     logits, iou_pred = logits + out[0], iou_pred + out[1]
                 logits, iou_pred = logits / len(self.views), iou_pred / len(self.views)
                 if logits.shape[1] > 1:  # multimask: keep the candidate SAM rates highest
-                    best = iou_pred.argmax(dim=1)
-                    idx = torch.arange(len(best), device=best.device)
-                    logits, iou_pred = logits[idx, best][:, None], iou_pred[idx, best][:, None]
+                    logits, iou_pred = self._best_candidate(logits, iou_pred)
                 masks[sl] = logits[:, 0] > self.mask_threshold
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
             if inst.has("prompt_scores"):  # prompted by a detector: rank by its confidence
@@ -659,17 +658,14 @@ class SAMPrompt(nn.Module):
         (N, K, H, W) at the output size, back on the image; predicted IoU (N, K)).
         """
         multimask = self._multimask(points)
+        if any(view):
+            boxes = None if boxes is None else view_boxes(boxes, view, in_hw)
+            points = None if points is None else (view_xy(points[0], view, in_hw), points[1])
         if view[0]:  # transposed
             in_hw, out_hw = in_hw[::-1], out_hw[::-1]
-        if any(view):
-            size = in_hw[::-1] if view[0] else in_hw  # of the image, before the view
-            boxes = None if boxes is None else view_boxes(boxes, view, size)
-            points = None if points is None else (view_xy(points[0], view, size), points[1])
         logits, iou_pred = self._decode(embedding, boxes, points, multimask)
         if multimask and len(self.views) == 1:  # one view: pick before upsampling (3x cheaper)
-            best = iou_pred.argmax(dim=1)
-            idx = torch.arange(len(best), device=best.device)
-            logits, iou_pred = logits[idx, best][:, None], iou_pred[idx, best][:, None]
+            logits, iou_pred = self._best_candidate(logits, iou_pred)
         logits = self.sam.postprocess_masks(logits, in_hw, out_hw)
         return unview_image(logits, view), iou_pred
 
@@ -708,7 +704,7 @@ class SAMPrompt(nn.Module):
             for k in range(clicks):
                 multimask = k == 0 and self._multimask(pts)
                 logits, iou_pred = self._decode(embedding, box, pts, multimask, masks=mask_in)
-                kept = self._kept_logits(logits, iou_pred)
+                kept = self._best_candidate(logits, iou_pred)[0]
                 up = F.interpolate(kept.float(), (S, S), mode="bilinear", align_corners=False)
                 pred = up[:, 0, :h, :w] > self.mask_threshold
                 g = gt_t[sl]
