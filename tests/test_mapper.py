@@ -1,5 +1,8 @@
 """SAMDatasetMapper: augmentation, crops, prompts, bad records."""
 
+import itertools
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ from detectron2.structures import polygons_to_bitmask
 
 from sam_prompt import InvalidRecordError, SAMDatasetMapper
 from sam_prompt.prompts import interior_point
+from sam_prompt.transforms import DihedralTransform
 
 
 def mapper(is_train, cfg=None, **kw):
@@ -204,3 +208,48 @@ def test_bad_annotation_error_or_counted_skip(record, anno, why, sam_log):
     assert len(out["instances"]) == 2
     assert sum(m.counts.values()) == 1
     assert "annotation 2" in sam_log.text
+
+
+def test_d4_draws_the_eight_views_and_the_masks_follow_the_image(record):
+    """INPUT.RANDOM_FLIP d4: every rotation and reflection is drawn, about 1 in 8 each, and the
+    transformed polygons still cover the object's pixels in the transformed image."""
+    m = mapper(True, tiny_cfg(INPUT__RANDOM_FLIP="d4"))
+    views = Counter()
+    for _ in range(200):
+        out = m(record)
+        image, inst = out["image"], out["instances"]
+        h, w = image.shape[1:]
+        for polygons, cls in zip(inst.gt_masks.polygons, inst.gt_classes.tolist()):
+            inside = torch.as_tensor(polygons_to_bitmask(polygons, h, w))
+            # Class 0 is drawn yellow (red channel 220), class 1 cyan (blue channel 220), on a
+            # background of ~90: the mask's pixels (apart from its resized edge) are the object's.
+            channel = image[0 if cls == 0 else 2][inside].float()
+            assert (channel > 160).float().mean() > 0.9
+        box = inst.gt_boxes.tensor[0].round().int().tolist()
+        views[(h, w, *box)] += 1
+    assert len(views) == 8
+    assert min(views.values()) >= 10  # 25 expected; binomial tail below 10: ~1e-4
+
+
+@pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=3)))
+def test_dihedral_transform_maps_pixels_and_points_alike_and_inverts(flags):
+    h, w = 5, 7
+    t = DihedralTransform(h, w, *flags)
+    image = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    out = t.apply_image(image)
+    assert out.shape == ((w, h) if flags[2] else (h, w))
+    # Pixel centres (x + 0.5, y + 0.5) land on the centre of the pixel that holds their value.
+    ys, xs = np.mgrid[0:h, 0:w]
+    centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)
+    moved = t.apply_coords(centres)
+    cols, rows = np.floor(moved).astype(int).T
+    np.testing.assert_array_equal(out[rows, cols], image.ravel())
+    np.testing.assert_array_equal(t.inverse().apply_image(out), image)
+    np.testing.assert_allclose(t.inverse().apply_coords(moved), centres)
+    x0, y0, x1, y1 = t.apply_box(np.array([[1.0, 2.0, 4.0, 3.0]]))[0]  # 3 wide, 1 tall
+    assert (x1 - x0, y1 - y0) == ((1, 3) if flags[2] else (3, 1))
+
+
+def test_unknown_random_flip_is_refused():
+    with pytest.raises(ValueError, match="INPUT.RANDOM_FLIP='diagonal'.*'d4'"):
+        mapper(True, tiny_cfg(INPUT__RANDOM_FLIP="diagonal"))

@@ -9,9 +9,11 @@ from common import CONFIGS, polygon_ellipse, shapes_image
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
+from detectron2.structures import polygons_to_bitmask
 from detectron2.utils.events import EventStorage
 
 from sam_prompt import TimmBackbone, add_sam_config
+from sam_prompt.mapper import detector_train_mapper
 
 
 def maskrcnn_cfg(*opts):
@@ -105,3 +107,17 @@ def test_mask_rcnn_training_loss_falls(tmp_path):
     with torch.no_grad():
         (out,) = model([DatasetMapper(cfg, is_train=False)(rec)])
     assert out["instances"].image_size == (192, 256)
+
+
+def test_d4_flip_reaches_the_detector_mapper(tmp_path):
+    rec = shapes_image(str(tmp_path / "one.png"), [(polygon_ellipse(60, 50, 30, 20), 0)])
+    mapper = detector_train_mapper(maskrcnn_cfg("INPUT.RANDOM_FLIP", "d4"))
+    shapes = set()
+    for _ in range(30):
+        out = mapper(rec)
+        h, w = out["image"].shape[1:]
+        shapes.add((h, w))
+        inside = polygons_to_bitmask(out["instances"].gt_masks.polygons[0], h, w)
+        # The ellipse is drawn yellow (red channel 220) on a background of ~90.
+        assert (out["image"][0][torch.as_tensor(inside)] > 160).float().mean() > 0.9
+    assert shapes == {(192, 256), (256, 192)}  # transposed views too

@@ -180,6 +180,8 @@ def add_sam_config(cfg):
     # pass per view; not with the interactive evaluation.
     _C.MODEL.SAM.TEST_AUG = ""
 
+    # INPUT.RANDOM_FLIP (Detectron2's key) takes one more value here: "d4", each of the 8
+    # rotations and reflections of a training image with probability 1/8 (overhead imagery).
     # When a training crop leaves no instance, try another crop of the same image this many times
     # before the data loader draws another image.
     _C.INPUT.CROP.MAX_RETRIES = 10

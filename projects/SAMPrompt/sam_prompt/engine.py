@@ -41,7 +41,7 @@ from .checkpoint import SAMCheckpointer
 from .config import load_config
 from .data.register import register_dataset
 from .evaluation import InteractiveEvaluator, SAMCOCOEvaluator, has_compiled_ops
-from .mapper import SAMDatasetMapper
+from .mapper import SAMDatasetMapper, detector_train_mapper
 from .modeling import uses_prompts
 
 __all__ = [
@@ -187,7 +187,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        mapper = SAMDatasetMapper(cfg, is_train=True) if uses_prompts(cfg) else None
+        mapper = (
+            SAMDatasetMapper(cfg, is_train=True)
+            if uses_prompts(cfg)
+            else detector_train_mapper(cfg)
+        )
         return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod

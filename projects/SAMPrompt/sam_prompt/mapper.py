@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
+from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask
 from pycocotools import mask as mask_util
@@ -16,9 +16,9 @@ from .data.check import InvalidRecordError, annotation_problem, record_name, rle
 from .data.images import read_image
 from .modeling.build_sam import sam_arch_from_cfg
 from .prompts import GroundTruthPrompts, prompt_instances, validate_prompt_source
-from .transforms import ResizeLongestSide
+from .transforms import ResizeLongestSide, build_augmentation
 
-__all__ = ["SAMDatasetMapper", "mask_targets"]
+__all__ = ["SAMDatasetMapper", "detector_train_mapper", "mask_targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class SAMDatasetMapper:
     def from_config(cls, cfg, is_train=True, dataset_name=None):
         source = validate_prompt_source(cfg)
         arch = sam_arch_from_cfg(cfg)
-        augs = utils.build_augmentation(cfg, is_train)
+        augs = build_augmentation(cfg, is_train)
         if cfg.INPUT.CROP.ENABLED and is_train:
             augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
         augs.append(ResizeLongestSide(arch["image_size"]))
@@ -322,3 +322,12 @@ def _paste(local, box, h, w):
     x0, y0, x1, y1 = box.astype(int)
     full[y0:y1, x0:x1] = local
     return full
+
+
+def detector_train_mapper(cfg):
+    """Detectron2's training mapper (models without prompts: the Mask R-CNN baseline), with this
+    project's augmentations, so that ``INPUT.RANDOM_FLIP "d4"`` works there too."""
+    plain = cfg.clone()
+    plain.defrost()
+    plain.INPUT.RANDOM_FLIP = "none"
+    return DatasetMapper(plain, is_train=True, augmentations=build_augmentation(cfg, True))
