@@ -11,9 +11,10 @@ the step: on CUDA from torch.cuda's allocator statistics; on the CPU from the pr
 resident set (VmHWM, reset through /proc/self/clear_refs), with glibc told to return large blocks
 to the system at once (MALLOC_MMAP_THRESHOLD_) so that freed tensors do not hide later peaks.
 Throughput: one process per instance count, with glibc's default allocator settings, times the
-chunked and the one-shot step alternately on the same model and batch (--steps of each) and keeps
-the median of each: the machine's speed drifting between processes or over a run (on a shared
-machine, easily 10%) then falls on both modes alike instead of on their ratio. The last line is
+chunked and the one-shot step alternately on the same model and batch (--steps of each, in the
+order ABBA...) and keeps the median of the ratios of neighbouring steps: the machine's speed
+drifting between processes or over a run (on a shared machine, easily 10%) then falls on both modes
+alike instead of on their ratio. The last line is
 
     peak_mem_ratio_400_vs_50=<chunked> one_shot_ratio=<one-shot> throughput_chunked_vs_one_shot=<x>
 (one-shot ratios over the counts where one-shot decoding was run; --iterative prints the
@@ -150,14 +151,17 @@ def measure(n, chunks, device, steps, image_size, iterative=False, decoder="tiny
     for chunk in chunks:  # warm-up
         step(chunk)
     times = {chunk: [] for chunk in chunks}
-    for _ in range(steps):
-        for chunk in chunks:
+    for i in range(steps):
+        for chunk in chunks if i % 2 == 0 else chunks[::-1]:  # ABBA: linear drift cancels
             sync()
             t0 = time.perf_counter()
             step(chunk)
             sync()
             times[chunk].append(time.perf_counter() - t0)
-    print(json.dumps({str(c): statistics.median(v) for c, v in times.items()}))
+    result = {str(c): statistics.median(v) for c, v in times.items()}
+    if len(chunks) == 2:  # the steps' own ratios, each of two neighbours in time
+        result["ratio"] = statistics.median(b / a for a, b in zip(*times.values()))
+    print(json.dumps(result))
 
 
 def main():
@@ -245,7 +249,7 @@ def main():
             sys.exit(f"configuration n={n} chunks={chunks} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    rows = {}
+    rows, pair_ratios = {}, {}
     print(
         f"device={args.device} chunk={args.chunk} (0 = one-shot) image={args.image_size}px "
         f"decoder={args.decoder} (step s: median of {args.steps} alternating steps)"
@@ -253,7 +257,10 @@ def main():
     print(f"{'instances':>9} {'mode':>9} {'peak MB':>9} {'step s':>8} {'inst/s':>8}")
     for n in args.counts:
         chunks = [args.chunk] + ([0] if n <= one_shot_max else [])
-        times = {(int(c), 0): t for c, t in child(n, 0, chunks, args.steps, env_time).items()}
+        timed = child(n, 0, chunks, args.steps, env_time)
+        if "ratio" in timed:  # one-shot step time / chunked step time, paired
+            pair_ratios[n] = timed.pop("ratio")
+        times = {(int(c), 0): t for c, t in timed.items()}
         if args.iterative:
             times[(args.chunk, 1)] = child(n, 1, [args.chunk], args.steps, env_time)[
                 str(args.chunk)
@@ -275,9 +282,11 @@ def main():
     chunked_ratio = rows[(hi, args.chunk, 0)]["peak_mb"] / rows[(lo, args.chunk, 0)]["peak_mb"]
     one_shot = [n for n in args.counts if (n, 0, 0) in rows]
     one_shot_ratio = rows[(max(one_shot), 0, 0)]["peak_mb"] / rows[(min(one_shot), 0, 0)]["peak_mb"]
-    throughput = min(
-        rows[(n, args.chunk, 0)]["inst_per_s"] / rows[(n, 0, 0)]["inst_per_s"] for n in one_shot
+    print(
+        "throughput chunked / one-shot (median of paired steps): "
+        + " ".join(f"{n}: {r:.3f}" for n, r in pair_ratios.items())
     )
+    throughput = min(pair_ratios.values())
     if args.iterative:
         vs_single = max(
             rows[(n, args.chunk, 1)]["peak_mb"] / rows[(n, args.chunk, 0)]["peak_mb"]
