@@ -16,7 +16,7 @@ from .data.check import InvalidRecordError, annotation_problem, record_name, rle
 from .data.images import read_image
 from .modeling.build_sam import sam_arch_from_cfg
 from .prompts import GroundTruthPrompts, prompt_instances, validate_prompt_source
-from .transforms import ResizeLongestSide, build_augmentation
+from .transforms import ResizeLongestSide, build_augmentation, without_random_flip
 
 __all__ = ["SAMDatasetMapper", "detector_train_mapper", "mask_targets"]
 
@@ -327,7 +327,6 @@ def _paste(local, box, h, w):
 def detector_train_mapper(cfg):
     """Detectron2's training mapper (models without prompts: the Mask R-CNN baseline), with this
     project's augmentations, so that ``INPUT.RANDOM_FLIP "d4"`` works there too."""
-    plain = cfg.clone()
-    plain.defrost()
-    plain.INPUT.RANDOM_FLIP = "none"
-    return DatasetMapper(plain, is_train=True, augmentations=build_augmentation(cfg, True))
+    return DatasetMapper(
+        without_random_flip(cfg), is_train=True, augmentations=build_augmentation(cfg, True)
+    )

@@ -89,9 +89,9 @@ class RandomDihedral(T.Augmentation):
 def build_augmentation(cfg, is_train):
     """
     Detectron2's augmentations (``detection_utils.build_augmentation``), with one more value of
-    ``INPUT.RANDOM_FLIP``: ``"d4"``, which draws each of the 8 rotations and reflections of the image
-    with probability 1/8 (overhead
-    imagery has no "up"; the training counterpart of ``MODEL.SAM.TEST_AUG d4``).
+    ``INPUT.RANDOM_FLIP``: ``"d4"``, which draws each of the 8 rotations and reflections of the
+    image with probability 1/8 (overhead imagery has no "up"; the training counterpart of
+    ``MODEL.SAM.TEST_AUG d4``).
     """
     flip = cfg.INPUT.RANDOM_FLIP
     if flip not in RANDOM_FLIPS:
@@ -100,10 +100,16 @@ def build_augmentation(cfg, is_train):
         )
     if flip != "d4":
         return utils.build_augmentation(cfg, is_train)
-    plain = cfg.clone()
-    plain.defrost()
-    plain.INPUT.RANDOM_FLIP = "none"
-    augs = utils.build_augmentation(plain, is_train)
+    augs = utils.build_augmentation(without_random_flip(cfg), is_train)
     if is_train:
         augs.append(RandomDihedral())
     return augs
+
+
+def without_random_flip(cfg):
+    """A copy of ``cfg`` with ``INPUT.RANDOM_FLIP "none"``, for Detectron2 functions that read the
+    key but do not know ``"d4"``."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.RANDOM_FLIP = "none"
+    return cfg
