@@ -234,10 +234,10 @@ def test_d4_draws_the_eight_views_and_the_masks_follow_the_image(record):
 @pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=3)))
 def test_dihedral_transform_maps_pixels_and_points_alike_and_inverts(flags):
     h, w = 5, 7
-    t = DihedralTransform(h, w, *flags)
+    t = DihedralTransform(h, w, flags)
     image = np.arange(h * w, dtype=np.int64).reshape(h, w)
     out = t.apply_image(image)
-    assert out.shape == ((w, h) if flags[2] else (h, w))
+    assert out.shape == ((w, h) if flags[0] else (h, w))
     # Pixel centres (x + 0.5, y + 0.5) land on the centre of the pixel that holds their value.
     ys, xs = np.mgrid[0:h, 0:w]
     centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)
@@ -247,7 +247,7 @@ def test_dihedral_transform_maps_pixels_and_points_alike_and_inverts(flags):
     np.testing.assert_array_equal(t.inverse().apply_image(out), image)
     np.testing.assert_allclose(t.inverse().apply_coords(moved), centres)
     x0, y0, x1, y1 = t.apply_box(np.array([[1.0, 2.0, 4.0, 3.0]]))[0]  # 3 wide, 1 tall
-    assert (x1 - x0, y1 - y0) == ((1, 3) if flags[2] else (3, 1))
+    assert (x1 - x0, y1 - y0) == ((1, 3) if flags[0] else (3, 1))
 
 
 def test_unknown_random_flip_is_refused():

@@ -1,6 +1,5 @@
 """The SAMPrompt meta-architecture: Segment Anything prompted by instances, in Detectron2."""
 
-import itertools
 import logging
 
 import numpy as np
@@ -14,6 +13,7 @@ from detectron2.utils.logger import log_every_n_seconds
 from torch import nn
 
 from ..prompts import PAD_LABEL, prompt_instances, validate_prompt_source
+from ..transforms import TEST_AUG_VIEWS, unview_image, view_boxes, view_image, view_xy
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
 from .clicks import append_clicks, corrective_click, sample_clicks
 from .embedding_cache import EmbeddingCache, module_digest
@@ -23,55 +23,6 @@ from .losses import chunked_loss, mask_iou, mask_losses
 __all__ = ["SAMPrompt", "DetectorPromptedSAM"]
 
 logger = logging.getLogger(__name__)
-
-# Views of an image for test-time augmentation (MODEL.SAM.TEST_AUG), each (transpose, flip left to
-# right, flip top to bottom), applied in that order; the first is the image itself. "d4": the 8
-# rotations and reflections of the square, all equally likely in overhead imagery.
-TEST_AUG_VIEWS = {
-    "": ((False, False, False),),
-    "flip": ((False, False, False), (False, True, False)),
-    "d4": tuple(itertools.product((False, True), repeat=3)),
-}
-
-
-def view_image(t, view):
-    """(..., H, W) -> the same in ``view``."""
-    transpose, flip_x, flip_y = view
-    if transpose:
-        t = t.transpose(-1, -2)
-    if flip_x:
-        t = t.flip(-1)
-    if flip_y:
-        t = t.flip(-2)
-    return t
-
-
-def unview_image(t, view):
-    """(..., H', W') in ``view`` -> (..., H, W): the inverse of :func:`view_image`."""
-    transpose, flip_x, flip_y = view
-    if flip_y:
-        t = t.flip(-2)
-    if flip_x:
-        t = t.flip(-1)
-    if transpose:
-        t = t.transpose(-1, -2)
-    return t
-
-
-def view_xy(xy, view, size):
-    """(..., 2) continuous (x, y) in an image of ``size`` (H, W) -> the same points in ``view``."""
-    transpose, flip_x, flip_y = view
-    h, w = size
-    if transpose:
-        xy, (h, w) = xy.flip(-1), (w, h)
-    x, y = xy.unbind(-1)
-    return torch.stack([w - x if flip_x else x, h - y if flip_y else y], dim=-1)
-
-
-def view_boxes(boxes, view, size):
-    """(N, 4) XYXY boxes in an image of ``size`` (H, W) -> the same boxes in ``view``."""
-    corners = view_xy(boxes.reshape(-1, 2, 2), view, size)
-    return torch.cat([corners.amin(1), corners.amax(1)], dim=1)
 
 
 @META_ARCH_REGISTRY.register()
