@@ -159,8 +159,9 @@ def measure(n, chunks, device, steps, image_size, iterative=False, decoder="tiny
             sync()
             times[chunk].append(time.perf_counter() - t0)
     result = {str(c): statistics.median(v) for c, v in times.items()}
-    if len(chunks) == 2:  # the steps' own ratios, each of two neighbours in time
-        result["ratio"] = statistics.median(b / a for a, b in zip(*times.values()))
+    if len(chunks) == 2:  # one-shot / chunked step time, of steps that are neighbours in time
+        chunked, one_shot = times[chunks[0]], times[chunks[1]]
+        result["ratio"] = statistics.median(o / c for c, o in zip(chunked, one_shot))
     print(json.dumps(result))
 
 
