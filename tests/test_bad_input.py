@@ -373,6 +373,14 @@ def test_fine_features_weights_into_a_model_without_them_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"rescored\.pth.*FINE_RESCORE"):
         SAMCheckpointer.from_config(refined, build_model(refined)).load(path3)
     SAMCheckpointer.from_config(rescored, build_model(rescored)).load(path2)
+    # A deeper stem likewise: refused when its blocks would be dropped, fresh when absent.
+    deep = tiny_cfg(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_DEPTH=2)
+    path4 = str(tmp_path / "deep.pth")
+    torch.save({"model": build_model(deep).state_dict()}, path4)
+    shallower = tiny_cfg(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_DEPTH=1)
+    with pytest.raises(CheckpointError, match=r"deep\.pth.*FINE_DEPTH"):
+        SAMCheckpointer.from_config(shallower, build_model(shallower)).load(path4)
+    SAMCheckpointer.from_config(deep, build_model(deep)).load(path)
 
 
 def test_resume_skips_broken_checkpoints(tmp_path, sam_log):

@@ -452,8 +452,48 @@ def test_fine_features_start_as_plain_sam_and_learn_through_the_chunked_loss(rec
 
     with pytest.raises(ValueError, match="FINE_FEATURES"):
         build(MODEL__SAM__FINE_FEATURES=-1)
+    with pytest.raises(ValueError, match="FINE_DEPTH.*FINE_FEATURES"):
+        build(MODEL__SAM__FINE_DEPTH=2)
     with pytest.raises(ValueError, match="divisible by 8"):
         build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__CUSTOM__PATCH_SIZE=4)
+
+
+def test_deeper_fine_stem_starts_as_the_shallow_one_and_widens_what_features_see(records):
+    shallow = build(MODEL__SAM__FINE_FEATURES=8)
+    model = build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_DEPTH=2)
+    missing, unexpected = model.load_state_dict(shallow.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("fine_features.blocks.") for k in missing)
+    blocks = model.fine_features.blocks
+    assert len(blocks) == 2 and [b.body[1].dilation for b in blocks] == [(1, 1), (2, 2)]
+    images = model.preprocess_image(mapped(records, is_train=False))
+    emb = torch.zeros(len(images), 64, 16, 16)
+    with torch.no_grad():  # a non-zero output layer, so that the features differ from zero
+        for m in (shallow, model):
+            m.fine_features.stem[-1].weight.copy_(torch.linspace(-1, 1, 8 * 8).reshape(8, 8, 1, 1))
+        ref = shallow.fine_features.fold(images, emb)
+        torch.testing.assert_close(model.fine_features.fold(images, emb), ref)  # zero blocks
+        for p in blocks.parameters():
+            p.normal_(std=0.1)
+        deep = model.fine_features.fold(images, emb)
+    assert not torch.allclose(deep, ref)
+
+    # Reach: a change of one input pixel moves the shallow stem's features within 7 pixels (the
+    # two strided 3 x 3 convolutions), the deep one's 6 cells (24 pixels) further.
+    def reach(m):
+        x = images[:1].clone()
+        y, xx = 101, 101
+        with torch.no_grad():
+            a = m.fine_features.stem[-1](m.fine_features.blocks(m.fine_features.stem[:-1](x)))
+            x[0, :, y, xx] += 10.0
+            b = m.fine_features.stem[-1](m.fine_features.blocks(m.fine_features.stem[:-1](x)))
+        ys, xs = torch.nonzero((a - b).abs().amax((0, 1)) > 0, as_tuple=True)
+        return int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
+
+    assert reach(shallow) == (2, 2)  # cells of 4 pixels: the pixel's own and a neighbour
+    assert reach(model) == (2 + 2 * (1 + 2), 2 + 2 * (1 + 2))
+
+    with pytest.raises(ValueError, match="FINE_DEPTH"):
+        build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_DEPTH=-1)
 
 
 def test_mask_refinement_starts_as_identity_and_learns_through_the_chunked_loss(records):

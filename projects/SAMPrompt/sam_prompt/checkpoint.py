@@ -95,6 +95,11 @@ class SAMCheckpointer(DetectionCheckpointer):
                 f"MODEL.WEIGHTS {self._loading} was trained with a mask refinement: set "
                 "MODEL.SAM.FINE_REFINE as in training (its config.yaml), or its masks would differ"
             )
+        if any(k.startswith("fine_features.blocks.") for k in incompatible.unexpected_keys):
+            raise CheckpointError(
+                f"MODEL.WEIGHTS {self._loading} was trained with a deeper fine-feature stem: set "
+                "MODEL.SAM.FINE_DEPTH as in training (its config.yaml), or its masks would differ"
+            )
         if any(k.startswith("fine_features.") for k in incompatible.unexpected_keys):
             raise CheckpointError(
                 f"MODEL.WEIGHTS {self._loading} was trained with fine image features: set "

@@ -100,6 +100,9 @@ def add_sam_config(cfg):
     # follow thin image structure that 16-pixel patches blur (sam_prompt.modeling.FineFeatures).
     # New weights, zero-initialised: the model starts as plain SAM. 0 = off (the official layout).
     _C.MODEL.SAM.FINE_FEATURES = 0
+    # Residual blocks (3 x 3 convolutions at the mask resolution) in that stem: each fine feature
+    # then sees more than the stem's 7 input pixels. Zero-initialised. 0 = none.
+    _C.MODEL.SAM.FINE_DEPTH = 0
     # > 0 (with FINE_FEATURES): a per-mask refinement of the decoder's logits by three small
     # convolutions (this many channels) over the mask and the fine features, added to the logits
     # (sam_prompt.modeling.MaskRefinement). Zero-initialised. 0 = off.

@@ -8,6 +8,24 @@ from torch import nn
 __all__ = ["FineFeatures", "MaskRefinement"]
 
 
+class _ResidualBlock(nn.Module):
+    """x + conv1x1(GELU(conv3x3_dilated(LayerNorm(x)))), the last layer starting at zero."""
+
+    def __init__(self, channels, dilation):
+        super().__init__()
+        self.body = nn.Sequential(
+            LayerNorm2d(channels),
+            nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
 class FineFeatures(nn.Module):
     """
     A small convolutional stem on the preprocessed image whose output, on the grid of the mask
@@ -18,6 +36,9 @@ class FineFeatures(nn.Module):
     trained from random weights cannot place mask edges on thin image structure (the dark troughs
     between ice-wedge polygons) through it. These features see the pixels. The last layer starts at
     zero, so a model with them starts as the same SAM (official weights included).
+
+    ``depth`` residual blocks (3 x 3 convolutions, dilations 1, 2, 1, 2, ...) on the mask grid
+    widen what each feature sees beyond the stem's 7 pixels (``MODEL.SAM.FINE_DEPTH``).
 
     To travel with the image embedding through the embedding cache, the chunked losses and every
     decoding path, the features are folded into extra channels of the embedding grid
@@ -33,6 +54,7 @@ class FineFeatures(nn.Module):
         embed_channels,
         refine_channels=0,
         rescore=False,
+        depth=0,
     ):
         super().__init__()
         if patch_size % 8:
@@ -50,6 +72,11 @@ class FineFeatures(nn.Module):
             nn.GELU(),
             nn.Conv2d(hidden_channels, out_channels, 1),
         )
+        # Between the stem's last activation and its output layer (a separate module: checkpoints
+        # without blocks keep their parameter names).
+        self.blocks = nn.Sequential(
+            *(_ResidualBlock(hidden_channels, 1 + i % 2) for i in range(depth))
+        )
         nn.init.zeros_(self.stem[-1].weight)
         nn.init.zeros_(self.stem[-1].bias)
         self.refinement = (
@@ -60,7 +87,8 @@ class FineFeatures(nn.Module):
 
     def fold(self, images, embeddings):
         """(B, 3, S, S) preprocessed images, (B, C, h, w) embeddings -> (B, C + 16c, h, w)."""
-        fine = F.pixel_unshuffle(self.stem(images), self.factor)
+        fine = self.stem[-1](self.blocks(self.stem[:-1](images)))
+        fine = F.pixel_unshuffle(fine, self.factor)
         return torch.cat([embeddings, fine.to(embeddings.dtype)], dim=1)
 
     def unfold(self, features):

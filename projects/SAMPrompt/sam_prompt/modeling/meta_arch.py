@@ -684,12 +684,20 @@ def _fine_features_from_cfg(cfg):
     if refine < 0:
         raise ValueError(f"MODEL.SAM.FINE_REFINE={refine}: channels, >= 0 (0 = off)")
     rescore = cfg.MODEL.SAM.FINE_RESCORE
+    depth = cfg.MODEL.SAM.FINE_DEPTH
+    if depth < 0:
+        raise ValueError(f"MODEL.SAM.FINE_DEPTH={depth}: residual blocks, >= 0")
     if rescore and not refine:
         raise ValueError(
             "MODEL.SAM.FINE_RESCORE corrects the predicted IoU from the mask refinement's "
             "features: set MODEL.SAM.FINE_REFINE > 0 too"
         )
     if hidden == 0:
+        if depth:
+            raise ValueError(
+                f"MODEL.SAM.FINE_DEPTH={depth} deepens the fine features' stem: "
+                "set MODEL.SAM.FINE_FEATURES > 0 too"
+            )
         if refine:
             raise ValueError(
                 f"MODEL.SAM.FINE_REFINE={refine} refines masks with the fine image features: "
@@ -704,6 +712,7 @@ def _fine_features_from_cfg(cfg):
         embed_channels=arch["prompt_embed_dim"],
         refine_channels=refine,
         rescore=rescore,
+        depth=depth,
     )
 
 
