@@ -85,10 +85,14 @@ class FineFeatures(nn.Module):
             else None
         )
 
+    def features(self, images):
+        """(B, 3, S, S) preprocessed images -> their fine features (B, c, 4h, 4w)."""
+        hidden = self.stem[:-1](images)  # the blocks go before the stem's output layer
+        return self.stem[-1](self.blocks(hidden))
+
     def fold(self, images, embeddings):
         """(B, 3, S, S) preprocessed images, (B, C, h, w) embeddings -> (B, C + 16c, h, w)."""
-        fine = self.stem[-1](self.blocks(self.stem[:-1](images)))
-        fine = F.pixel_unshuffle(fine, self.factor)
+        fine = F.pixel_unshuffle(self.features(images), self.factor)
         return torch.cat([embeddings, fine.to(embeddings.dtype)], dim=1)
 
     def unfold(self, features):
