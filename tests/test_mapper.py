@@ -11,7 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import polygons_to_bitmask
 
 from sam_prompt import InvalidRecordError, SAMDatasetMapper
-from sam_prompt.prompts import interior_point
+from sam_prompt.prompts import GroundTruthPrompts, interior_point
 from sam_prompt.transforms import DihedralTransform
 
 
@@ -88,6 +88,35 @@ def test_interior_point_is_farthest_from_boundary():
     mask[2:18, 20:38] = True  # wider right part
     x, y = interior_point(mask)
     assert 20 < x < 38 and 2 < y < 18
+
+
+def test_inner_training_points_are_drawn_by_distance_from_the_boundary():
+    from scipy import ndimage
+
+    mask = np.zeros((40, 60), bool)
+    mask[4:36, 6:50] = True
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    box = np.array([[0, 0, 60, 40]])
+
+    def first_points(train_point, n=3000):
+        prompts = GroundTruthPrompts("point", train_point=train_point)
+        pts = [
+            prompts(box, [mask], np.zeros(1), (40, 60), True).prompt_points[0, 0] for _ in range(n)
+        ]
+        xy = np.floor(np.stack(pts)).astype(int)
+        return dist[xy[:, 1], xy[:, 0]]
+
+    uniform, inner = first_points("uniform"), first_points("inner")
+    assert (uniform > 0).all() and (inner > 0).all()  # inside the mask
+    # Uniform: the mean distance over the mask; inner: weighted by the distance itself.
+    d = dist[mask]
+    assert abs(uniform.mean() - d.mean()) < 0.05 * d.mean()
+    assert abs(inner.mean() - (d**2).sum() / d.sum()) < 0.05 * d.mean()
+    assert inner.mean() > 1.3 * uniform.mean()
+    # The boundary ring: a fair share of uniform points, few inner ones.
+    assert (uniform == 1).mean() > 2 * (inner == 1).mean()
+    with pytest.raises(ValueError, match="train point"):
+        GroundTruthPrompts("point", train_point="centre")
 
 
 def test_eval_prompts_identical_across_runs(record):

@@ -84,6 +84,9 @@ def add_sam_config(cfg):
     # boundary), "center" (the box centre, which falls outside concave polygons) or "random"
     # (a pixel of the mask, seeded by file name and instance).
     _C.MODEL.SAM.PROMPT.EVAL_POINT = "interior"
+    # First point of a training point prompt: "uniform" (any pixel of the mask, SAM's) or "inner"
+    # (a pixel drawn with probability proportional to its distance from the mask's boundary).
+    _C.MODEL.SAM.PROMPT.TRAIN_POINT = "uniform"
     # "" (off), "box" or "ellipse": also give each box prompt as SAM's dense mask prompt (the
     # filled box, or the ellipse inscribed in it, on the mask-prompt grid) where no previous mask
     # is fed back. The decoder then knows where the box lies on the

@@ -40,6 +40,7 @@ __all__ = [
 PAD_LABEL = -1
 # How the first point of an evaluation point prompt is placed (MODEL.SAM.PROMPT.EVAL_POINT).
 EVAL_POINTS = ("interior", "center", "random")
+TRAIN_POINTS = ("uniform", "inner")
 
 
 def prompt_instances(image_size, *, classes, boxes=None, points=None, labels=None, scores=None):
@@ -149,6 +150,7 @@ class GroundTruthPrompts:
         box_jitter_std=0.1,
         box_jitter_max_pixels=20.0,
         eval_point="interior",
+        train_point="uniform",
     ):
         if prompt_type not in ("box", "point"):
             raise ValueError(f"prompt type must be 'box' or 'point', got {prompt_type!r}")
@@ -156,12 +158,17 @@ class GroundTruthPrompts:
             raise ValueError("point prompts need at least one positive point per instance")
         if eval_point not in EVAL_POINTS:
             raise ValueError(f"eval point must be one of {EVAL_POINTS}, got {eval_point!r}")
+        if train_point not in TRAIN_POINTS:
+            raise ValueError(f"train point must be one of {TRAIN_POINTS}, got {train_point!r}")
         self.prompt_type = prompt_type
         self.num_positive = num_positive_points if prompt_type == "point" else 0
         self.num_negative = num_negative_points if prompt_type == "point" else 0
         self.box_jitter_std = box_jitter_std
         self.box_jitter_max_pixels = box_jitter_max_pixels
         self.eval_point = eval_point
+        self.train_point = train_point
+        # None: the first point is drawn with the others (SAM's uniform sampling)
+        self._train_first = None if train_point == "uniform" else train_point
 
     @classmethod
     def from_config(cls, cfg):
@@ -173,6 +180,7 @@ class GroundTruthPrompts:
             p.BOX_JITTER_STD,
             p.BOX_JITTER_MAX_PIXELS,
             p.EVAL_POINT,
+            p.TRAIN_POINT,
         )
 
     def __call__(self, boxes, masks, classes, image_size, is_train, record_key=""):
@@ -212,7 +220,7 @@ class GroundTruthPrompts:
                     self.num_positive,
                     self.num_negative,
                     rng,
-                    first=None if is_train else self.eval_point,
+                    first=self._train_first if is_train else self.eval_point,
                 )
         return prompt_instances(
             image_size, classes=classes, boxes=prompt_boxes, points=points, labels=labels
@@ -273,6 +281,10 @@ def _sample_pixels(region, k, rng):
 
 
 def _first_point(mask, how, rng):
+    if how == "inner":  # probability proportional to the distance from the boundary
+        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1].ravel()
+        r, c = np.unravel_index(rng.choice(dist.size, p=dist / dist.sum()), mask.shape)
+        return np.array([c + 0.5, r + 0.5])
     if how == "interior":
         return interior_point(mask)
     if how == "center":  # the box centre (may fall outside a concave mask)
@@ -292,8 +304,9 @@ def point_prompts(mask, box, num_positive, num_negative, rng, first=None):
         num_negative (int): points inside the box but outside the mask; a box with no such pixel
             gives padding points (label -1), which SAM ignores.
         rng (np.random.Generator):
-        first (str or None): how the first positive point is placed ("interior", "center",
-            "random"; see :data:`EVAL_POINTS`); None: sampled like the others.
+        first (str or None): how the first positive point is placed (at evaluation
+            "interior", "center" or "random", see :data:`EVAL_POINTS`; in training "inner", see
+            ``MODEL.SAM.PROMPT.TRAIN_POINT``); None: sampled like the others.
 
     Returns:
         points (ndarray[P, 2]), labels (ndarray[P] int): P = num_positive + num_negative;
