@@ -138,6 +138,11 @@ def add_sam_config(cfg):
     # With a single point prompt SAM is ambiguous: predict three masks, train on the one with the
     # lowest loss and, at inference, keep the one with the highest predicted IoU (SAM paper).
     _C.MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT = True
+    # "single": when training starts from MODEL.WEIGHTS (not when it resumes), those three masks
+    # start as copies of the single mask's output, 1% apart (sam_prompt.modeling.
+    # copy_single_mask_output): for point prompts fine-tuned from a box model, which only trains
+    # that output. "" = as loaded.
+    _C.MODEL.SAM.MULTIMASK_INIT = ""
 
     # SAM's iterative training: after the first prompt (box or point), CLICK_ROUNDS rounds each
     # add one click sampled in the error of the previous prediction (positive in a false
@@ -188,6 +193,10 @@ def add_sam_config(cfg):
 
     # INPUT.RANDOM_FLIP (Detectron2's key) takes one more value here: "d4", each of the 8
     # rotations and reflections of a training image with probability 1/8 (overhead imagery).
+    # DATALOADER.SAMPLER_TRAIN (Detectron2's key) takes one more value here: "InstanceRepeatFactor",
+    # an image with n instances repeats max(1, n / MODEL.SAM.MAX_INSTANCES_PER_IMAGE) times per
+    # epoch (Detectron2's RepeatFactorTrainingSampler), so that the instances of dense images are
+    # as likely to be trained on as the others despite the cap.
     # When a training crop leaves no instance, try another crop of the same image this many times
     # before the data loader draws another image.
     _C.INPUT.CROP.MAX_RETRIES = 10

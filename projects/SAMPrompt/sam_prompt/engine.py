@@ -14,8 +14,10 @@ from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
 from detectron2.data.datasets.coco import convert_to_coco_json
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import (
     DefaultTrainer,
     SimpleTrainer,
@@ -42,7 +44,7 @@ from .config import load_config
 from .data.register import register_dataset
 from .evaluation import InteractiveEvaluator, SAMCOCOEvaluator, has_compiled_ops
 from .mapper import SAMDatasetMapper, detector_train_mapper
-from .modeling import uses_prompts
+from .modeling import copy_single_mask_output, uses_prompts
 
 __all__ = [
     "Trainer",
@@ -172,6 +174,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        _check_multimask_init(cfg)
         super().__init__(cfg)
         if cfg.SOLVER.AMP.ENABLED:
             device_type = "cuda" if cfg.MODEL.DEVICE.startswith("cuda") else "cpu"
@@ -185,6 +188,16 @@ class Trainer(DefaultTrainer):
         )
         return super().build_hooks()
 
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter == 0 and self.cfg.MODEL.SAM.MULTIMASK_INIT == "single":
+            model = getattr(self.model, "module", self.model)  # DistributedDataParallel
+            copy_single_mask_output(model.sam.mask_decoder)
+            logger.info(
+                "MODEL.SAM.MULTIMASK_INIT single: the three masks of a single point start as "
+                "copies of the single mask's output"
+            )
+
     @classmethod
     def build_train_loader(cls, cfg):
         mapper = (
@@ -192,7 +205,19 @@ class Trainer(DefaultTrainer):
             if uses_prompts(cfg)
             else detector_train_mapper(cfg)
         )
-        return build_detection_train_loader(cfg, mapper=mapper)
+        if cfg.DATALOADER.SAMPLER_TRAIN != "InstanceRepeatFactor":
+            return build_detection_train_loader(cfg, mapper=mapper)
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        factors = instance_repeat_factors(dataset, cfg.MODEL.SAM.MAX_INSTANCES_PER_IMAGE)
+        logger.info(
+            f"InstanceRepeatFactor: {len(dataset)} images, repeat factors {factors.min():.2f} to "
+            f"{factors.max():.2f} (mean {factors.mean():.2f})"
+        )
+        return build_detection_train_loader(
+            cfg, mapper=mapper, dataset=dataset, sampler=RepeatFactorTrainingSampler(factors)
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -225,6 +250,24 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def _check_multimask_init(cfg):
+    s = cfg.MODEL.SAM
+    if s.MULTIMASK_INIT not in ("", "single"):
+        raise ValueError(f"MODEL.SAM.MULTIMASK_INIT={s.MULTIMASK_INIT!r}: expected '' or 'single'")
+    points = s.PROMPT.NUM_POSITIVE_POINTS + s.PROMPT.NUM_NEGATIVE_POINTS
+    if s.MULTIMASK_INIT and not (
+        uses_prompts(cfg)
+        and s.PROMPT.TYPE == "point"
+        and points == 1
+        and s.MULTIMASK_FOR_SINGLE_POINT
+    ):
+        raise ValueError(
+            "MODEL.SAM.MULTIMASK_INIT 'single' prepares the three masks of single-point prompts, "
+            "which this config never decodes (they need MODEL.SAM.PROMPT.TYPE point with one point "
+            "and MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT True): set MODEL.SAM.MULTIMASK_INIT ''"
+        )
 
 
 def coco_ground_truth(dataset_name):
@@ -377,3 +420,23 @@ def train_and_test(cfg, resume=True):
     # TEST.EXPECTED_RESULTS is set); evaluate here when it did not run one.
     results = getattr(trainer, "_last_eval_results", None)
     return trainer.model, results or Trainer.test(cfg, trainer.model), spent
+
+
+def instance_repeat_factors(dataset, max_instances):
+    """
+    Repeat factors for ``DATALOADER.SAMPLER_TRAIN "InstanceRepeatFactor"``: an image with n
+    instances, of which ``MODEL.SAM.MAX_INSTANCES_PER_IMAGE`` = k are drawn as prompts, repeats
+    max(1, n / k) times per epoch, so that every instance is as likely to be trained on as in any
+    other image (the cap alone under-trains dense tiles).
+    """
+    if max_instances <= 0:
+        raise ValueError(
+            'DATALOADER.SAMPLER_TRAIN "InstanceRepeatFactor" repeats the images that hold more '
+            "instances than MODEL.SAM.MAX_INSTANCES_PER_IMAGE, which is 0 (no cap): nothing would "
+            'repeat. Set a cap, or DATALOADER.SAMPLER_TRAIN "TrainingSampler"'
+        )
+    counts = torch.tensor(
+        [sum(not a.get("iscrowd", 0) for a in d.get("annotations", [])) for d in dataset],
+        dtype=torch.float32,
+    )
+    return (counts / max_instances).clamp(min=1.0)
