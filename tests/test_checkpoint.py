@@ -89,3 +89,8 @@ def test_missing_model_weights_is_one_clear_error(tmp_path):
     pretrained = str(tmp_path / "output" / "pretrain" / "model_final.pth")
     with pytest.raises(FileNotFoundError, match="written by `make pretrain`"):
         checkpointer.load(pretrained)
+    box = str(tmp_path / "output" / "sam_small_cpu" / "model_final.pth")
+    with pytest.raises(
+        FileNotFoundError, match=r"written by the box recipe \(configs/sam_small_cpu"
+    ):
+        checkpointer.load(box)

@@ -123,6 +123,19 @@ def test_pretraining_writes_weights_that_fit_the_recipe():
     assert shapes[0] == shapes[1]
 
 
+def test_point_recipe_starts_from_the_box_recipe():
+    from sam_prompt.engine import _check_multimask_init
+
+    box = load_config(os.path.join(CONFIGS, "sam_small_cpu.yaml"))
+    point = load_config(os.path.join(CONFIGS, "sam_small_point_cpu.yaml"))
+    assert point.MODEL.WEIGHTS == os.path.join(box.OUTPUT_DIR, "model_final.pth")
+    assert point.OUTPUT_DIR != box.OUTPUT_DIR
+    assert point.MODEL.SAM.PROMPT.TYPE == "point" and point.MODEL.SAM.MULTIMASK_INIT == "single"
+    _check_multimask_init(point)  # the three masks it initialises are decoded
+    shapes = [{k: v.shape for k, v in build_model(c).state_dict().items()} for c in (box, point)]
+    assert shapes[0] == shapes[1]
+
+
 def test_interactive_shorthand_turns_test_aug_off(tmp_path):
     from sam_prompt.engine import argument_parser, setup
 

@@ -6,12 +6,13 @@ evaluates (COCOEvaluator, the same for every row):
 
   1. Mask R-CNN with an MViTv2 backbone (no prompts at test time);
   2. SAM fine-tuned with ground-truth box prompts;
-  3. SAM of row 2 fine-tuned further with ground-truth point prompts;
+  3. SAM of row 2 fine-tuned further with ground-truth point prompts (the point recipe);
   4. SAM of row 2 prompted by the boxes of row 1 (no ground truth at test time);
   5. the filled prompt box and 6. the ellipse inscribed in it (ground-truth boxes; trivial floors).
 
     python tools/compare.py --dataset iwp-val --data-root ../shared/data [--output output/compare]
-        [--maskrcnn-config ...] [--sam-config ...] [--maskrcnn-iters N] [--sam-iters N]
+        [--maskrcnn-config ...] [--sam-config ...] [--point-config ...] [--maskrcnn-iters N]
+        [--sam-iters N]
         [--point-iters N] [KEY VALUE ...]
 
 KEY VALUE overrides apply to every row (e.g. DATASETS.SKIP_INVALID True). Each run lives in its
@@ -75,6 +76,11 @@ def main(argv=None):
         "--maskrcnn-config", default=os.path.join(CONFIGS, "mask_rcnn_instant_test.yaml")
     )
     parser.add_argument("--sam-config", default=os.path.join(CONFIGS, "sam_small_cpu.yaml"))
+    parser.add_argument(
+        "--point-config",
+        default=os.path.join(CONFIGS, "sam_small_point_cpu.yaml"),
+        help="point-prompt fine-tuning of the box model (its MODEL.WEIGHTS is row 2's model)",
+    )
     parser.add_argument("--maskrcnn-iters", type=int, default=200)
     parser.add_argument("--sam-iters", type=int, default=900)
     parser.add_argument(
@@ -123,7 +129,7 @@ def main(argv=None):
     # Point prompts start from row 2's weights, as SAM's point prompting starts from its
     # pretraining: a SAM trained from random weights with one point collapses to empty masks.
     sam_point = cfg(
-        args.sam_config,
+        args.point_config,
         "sam_point",
         "MODEL.SAM.PROMPT.TYPE",
         "point",

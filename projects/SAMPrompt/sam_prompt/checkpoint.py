@@ -9,6 +9,12 @@ __all__ = ["SAMCheckpointer", "CheckpointError", "UnreadableCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
+# Weights that the model zoo's configs start from, and what writes them.
+WRITERS = {
+    "pretrain": "`make pretrain`",
+    "sam_small_cpu": "the box recipe (configs/sam_small_cpu.yaml) with the same --dataset",
+}
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used as asked."""
@@ -47,10 +53,13 @@ class SAMCheckpointer(DetectionCheckpointer):
     # ------------------------------------------------------------------------------------------
     def load(self, path, checkpointables=None):
         if path and "://" not in path and not os.path.isfile(path):
-            hint = (
-                " It is written by `make pretrain`."
-                if os.path.normpath(path).endswith(os.path.join("pretrain", "model_final.pth"))
-                else ""
+            hint = next(
+                (
+                    f" It is written by {writer}."
+                    for folder, writer in WRITERS.items()
+                    if os.path.normpath(path).endswith(os.path.join(folder, "model_final.pth"))
+                ),
+                "",
             )
             raise FileNotFoundError(f"MODEL.WEIGHTS {path}: no such file.{hint}")
         self._loading = path
