@@ -12,8 +12,7 @@ evaluates (COCOEvaluator, the same for every row):
 
     python tools/compare.py --dataset iwp-val --data-root ../shared/data [--output output/compare]
         [--maskrcnn-config ...] [--sam-config ...] [--point-config ...] [--maskrcnn-iters N]
-        [--sam-iters N]
-        [--point-iters N] [KEY VALUE ...]
+        [--sam-iters N] [--point-iters N] [KEY VALUE ...]
 
 KEY VALUE overrides apply to every row (e.g. DATASETS.SKIP_INVALID True). Each run lives in its
 own folder under --output and is reused (or resumed) when run again; the table gives the training

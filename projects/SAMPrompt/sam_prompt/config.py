@@ -193,10 +193,12 @@ def add_sam_config(cfg):
 
     # INPUT.RANDOM_FLIP (Detectron2's key) takes one more value here: "d4", each of the 8
     # rotations and reflections of a training image with probability 1/8 (overhead imagery).
+
     # DATALOADER.SAMPLER_TRAIN (Detectron2's key) takes one more value here: "InstanceRepeatFactor",
     # an image with n instances repeats max(1, n / MODEL.SAM.MAX_INSTANCES_PER_IMAGE) times per
     # epoch (Detectron2's RepeatFactorTrainingSampler), so that the instances of dense images are
     # as likely to be trained on as the others despite the cap.
+
     # When a training crop leaves no instance, try another crop of the same image this many times
     # before the data loader draws another image.
     _C.INPUT.CROP.MAX_RETRIES = 10
