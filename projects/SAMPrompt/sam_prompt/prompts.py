@@ -167,8 +167,6 @@ class GroundTruthPrompts:
         self.box_jitter_max_pixels = box_jitter_max_pixels
         self.eval_point = eval_point
         self.train_point = train_point
-        # None: the first point is drawn with the others (SAM's uniform sampling)
-        self._train_first = None if train_point == "uniform" else train_point
 
     @classmethod
     def from_config(cls, cfg):
@@ -182,6 +180,10 @@ class GroundTruthPrompts:
             p.EVAL_POINT,
             p.TRAIN_POINT,
         )
+
+    def _first_train_point(self):
+        # None: the first point is drawn with the others (SAM's uniform sampling)
+        return None if self.train_point == "uniform" else self.train_point
 
     def __call__(self, boxes, masks, classes, image_size, is_train, record_key=""):
         """
@@ -220,7 +222,7 @@ class GroundTruthPrompts:
                     self.num_positive,
                     self.num_negative,
                     rng,
-                    first=self._train_first if is_train else self.eval_point,
+                    first=self._first_train_point() if is_train else self.eval_point,
                 )
         return prompt_instances(
             image_size, classes=classes, boxes=prompt_boxes, points=points, labels=labels
@@ -266,10 +268,14 @@ def interior_point(mask):
     Returns:
         ndarray[2]: (x, y)
     """
-    # Pad so that the image border counts as boundary too.
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    dist = _boundary_distance(mask)
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return np.array([c + 0.5, r + 0.5])
+
+
+def _boundary_distance(mask):
+    """Distance of each pixel of ``mask`` to its boundary; the image border counts as boundary."""
+    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
 
 
 def _sample_pixels(region, k, rng):
@@ -282,7 +288,7 @@ def _sample_pixels(region, k, rng):
 
 def _first_point(mask, how, rng):
     if how == "inner":  # probability proportional to the distance from the boundary
-        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1].ravel()
+        dist = _boundary_distance(mask).ravel()
         r, c = np.unravel_index(rng.choice(dist.size, p=dist / dist.sum()), mask.shape)
         return np.array([c + 0.5, r + 0.5])
     if how == "interior":
