@@ -157,6 +157,40 @@ def test_multimask_init_applies_when_training_starts_not_when_it_resumes(tmp_pat
     torch.testing.assert_close(trainer.model.sam.mask_decoder.mask_tokens.weight.detach(), loaded)
 
 
+def test_resume_restores_the_optimizer_state(tmp_path, sam_log):
+    name = small_dataset(tmp_path)
+    opts = dict(
+        DATASETS__TRAIN=(name,),
+        DATASETS__TEST=(),
+        OUTPUT_DIR=str(tmp_path / "run"),
+        SOLVER__MAX_ITER=3,
+        SOLVER__AMP__ENABLED=True,  # the inner trainer that holds the state is ours
+    )
+    trainer = Trainer(tiny_cfg(**opts))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    state = trainer.optimizer.state_dict()["state"]
+    assert state and any(s["exp_avg"].abs().max() > 0 for s in state.values())
+    resumed = Trainer(tiny_cfg(**opts))
+    assert not resumed.optimizer.state_dict()["state"]
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3
+    got = resumed.optimizer.state_dict()["state"]
+    assert got.keys() == state.keys()
+    for k in state:
+        torch.testing.assert_close(got[k]["exp_avg"], state[k]["exp_avg"])
+        torch.testing.assert_close(got[k]["exp_avg_sq"], state[k]["exp_avg_sq"])
+
+    # A checkpoint without that state (an older SAMPrompt's) still resumes, with a warning.
+    ckpt = torch.load(tmp_path / "run" / "model_final.pth", weights_only=False)
+    del ckpt["trainer"]["_trainer"]
+    torch.save(ckpt, tmp_path / "run" / "model_final.pth")
+    old = Trainer(tiny_cfg(**opts))
+    old.resume_or_load(resume=True)
+    assert old.start_iter == 3 and not old.optimizer.state_dict()["state"]
+    assert "holds no optimizer state" in sam_log.text
+
+
 @pytest.mark.parametrize(
     "opts, match",
     [

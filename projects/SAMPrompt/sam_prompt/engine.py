@@ -180,6 +180,29 @@ class Trainer(DefaultTrainer):
             device_type = "cuda" if cfg.MODEL.DEVICE.startswith("cuda") else "cpu"
             self._trainer = MixedPrecisionTrainer(self._trainer, amp_dtype(cfg), device_type)
 
+    # Detectron2 v0.6 checkpoints the trainer's iteration and hooks only: a resumed run started
+    # the optimizer's moments and the AMP gradient scaler afresh. Later versions keep the inner
+    # trainer's state (optimizer, scaler) under "_trainer"; on v0.6 this class does the same.
+    _BASE_SAVES_INNER = "state_dict" in vars(DefaultTrainer)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if not self._BASE_SAVES_INNER:
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self._BASE_SAVES_INNER:
+            return
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning(
+                "The checkpoint holds no optimizer state (written by an older SAMPrompt): the "
+                "optimizer's moments and the AMP gradient scaler start afresh"
+            )
+
     def build_hooks(self):
         # DefaultTrainer made a plain DetectionCheckpointer just before calling this; the
         # PeriodicCheckpointer hook built here must hold ours.
