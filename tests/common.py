@@ -1,6 +1,8 @@
 """Shared helpers of the tests: tiny configs, synthetic images and dataset dicts."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -111,3 +113,38 @@ def register(name, records, classes=("a", "b")):
 def small_dataset(folder, name="small_two"):
     """:func:`two_image_dataset` in ``folder``, registered as ``name``."""
     return register(name, two_image_dataset(str(folder)))
+
+
+def chunking_dataset(folder):
+    """:func:`two_image_dataset` and a third image of 40 objects: more prompts than one chunk."""
+    recs = two_image_dataset(folder)
+    shapes = [
+        (polygon_ellipse(20 + 30 * (i % 8), 20 + 30 * (i // 8), 10, 8, 12, 0.1 * i), i % 2)
+        for i in range(40)
+    ]
+    recs.append(shapes_image(os.path.join(folder, "many.png"), shapes, size=(160, 256), seed=3))
+    return recs
+
+
+def mapped(records, is_train=True, **overrides):
+    """``records`` through SAMDatasetMapper of the tiny config (no flips; numpy seeded)."""
+    from sam_prompt import SAMDatasetMapper
+
+    np.random.seed(0)
+    m = SAMDatasetMapper(tiny_cfg(INPUT__RANDOM_FLIP="none", **overrides), is_train)
+    return [m(r) for r in records]
+
+
+def run_train_net(cwd, *args):
+    """``tools/train_net.py ARGS`` run from ``cwd`` in a new process; its output (exit code 0)."""
+    proc = subprocess.run(
+        [sys.executable, "tools/train_net.py", *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out

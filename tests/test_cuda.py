@@ -5,14 +5,19 @@ with SOLVER.AMP.ENABLED trained, resumed and evaluated. Skipped on machines with
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from common import REPO, polygon_ellipse, register, shapes_image, tiny_cfg, two_image_dataset
+from common import (
+    REPO,
+    chunking_dataset,
+    mapped,
+    register,
+    run_train_net,
+    tiny_cfg,
+    two_image_dataset,
+)
 from detectron2.modeling import build_model
 
 from sam_prompt import SAMDatasetMapper
@@ -23,25 +28,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("cuda_data"))
-    recs = two_image_dataset(folder)
-    shapes = [
-        (polygon_ellipse(20 + 30 * (i % 8), 20 + 30 * (i // 8), 10, 8, 12, 0.1 * i), i % 2)
-        for i in range(40)
-    ]
-    recs.append(shapes_image(os.path.join(folder, "many.png"), shapes, size=(160, 256), seed=3))
-    return recs
+    return chunking_dataset(str(tmp_path_factory.mktemp("cuda_data")))
 
 
 def build(device, seed=0, **overrides):
     torch.manual_seed(seed)  # weights are initialised on the CPU, then moved: equal on both
     return build_model(tiny_cfg(MODEL__DEVICE=device, **overrides))
-
-
-def mapped(records, is_train=True, **overrides):
-    np.random.seed(0)
-    m = SAMDatasetMapper(tiny_cfg(INPUT__RANDOM_FLIP="none", **overrides), is_train)
-    return [m(r) for r in records]
 
 
 def step(model, batch, dtype=None, scale=1.0):
@@ -109,7 +101,7 @@ def test_iterative_training_on_cuda_learns_one_image(records):
     assert np.mean(history[-5:]) < 0.5 * np.mean(history[:5])
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_autocast_on_cuda_stays_close_to_fp32(records, dtype):
     batch = mapped(records)
     l32, g32 = step(build("cuda", MODEL__SAM__PROMPTS_PER_CHUNK=7), batch)
@@ -178,16 +170,7 @@ def test_trainer_amp_on_cuda_learns_and_resumes_its_scaler(tmp_path, precision):
 
 def test_train_net_on_cuda_with_amp_trains_resumes_and_evaluates(tmp_path):
     def run(*args):
-        proc = subprocess.run(
-            [sys.executable, "tools/train_net.py", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, out[-4000:]
-        return out
+        return run_train_net(REPO, *args)
 
     cfg = "projects/SAMPrompt/configs/sam_instant_test.yaml"
     common = ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)]

@@ -6,7 +6,13 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from common import polygon_ellipse, shapes_image, tiny_cfg, two_image_dataset
+from common import (
+    chunking_dataset,
+    mapped,
+    polygon_ellipse,
+    shapes_image,
+    tiny_cfg,
+)
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks
 
@@ -20,21 +26,7 @@ def build(seed=0, **overrides):
 
 @pytest.fixture(scope="module")
 def records():
-    folder = tempfile.mkdtemp()
-    recs = two_image_dataset(folder)
-    # Many instances on a third image: more prompts than one chunk.
-    shapes = [
-        (polygon_ellipse(20 + 30 * (i % 8), 20 + 30 * (i // 8), 10, 8, 12, 0.1 * i), i % 2)
-        for i in range(40)
-    ]
-    recs.append(shapes_image(os.path.join(folder, "many.png"), shapes, size=(160, 256), seed=3))
-    return recs
-
-
-def mapped(records, is_train=True, **overrides):
-    np.random.seed(0)
-    m = SAMDatasetMapper(tiny_cfg(INPUT__RANDOM_FLIP="none", **overrides), is_train)
-    return [m(r) for r in records]
+    return chunking_dataset(tempfile.mkdtemp())
 
 
 def _grads(model):

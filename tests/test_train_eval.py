@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from common import (
     REPO,
     polygon_ellipse,
     register,
+    run_train_net,
     shapes_image,
     small_dataset,
     tiny_cfg,
@@ -219,21 +218,6 @@ def test_multimask_init_refused_where_no_multimask_is_decoded(tmp_path, opts, ma
         Trainer(tiny_cfg(DATASETS__TRAIN=(name,), OUTPUT_DIR=str(tmp_path), **opts))
 
 
-def _run(cwd, *args):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(
-        [sys.executable, "tools/train_net.py", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
 @pytest.mark.slow
 def test_copied_project_trains_resumes_and_evaluates(tmp_path):
     fork = tmp_path / "fork"
@@ -247,7 +231,7 @@ def test_copied_project_trains_resumes_and_evaluates(tmp_path):
     cfg = "projects/SAMPrompt/configs/sam_instant_test.yaml"
     common = ["DATASETS.ROOT", str(tmp_path / "data"), "OUTPUT_DIR", "out"]
 
-    out = _run(
+    out = run_train_net(
         fork, "--config-file", cfg, *common, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"
     )
     assert f"SAMPrompt from {fork / 'projects' / 'SAMPrompt' / 'sam_prompt'}" in out
@@ -258,10 +242,10 @@ def test_copied_project_trains_resumes_and_evaluates(tmp_path):
     assert all(np.isfinite(m["total_loss"]) for m in metrics if "total_loss" in m)
 
     # Interrupted runs resume from their last checkpoint.
-    out = _run(fork, "--config-file", cfg, "--resume", *common, "SOLVER.MAX_ITER", "6")
+    out = run_train_net(fork, "--config-file", cfg, "--resume", *common, "SOLVER.MAX_ITER", "6")
     assert "Starting training from iteration 4" in out
 
-    out = _run(
+    out = run_train_net(
         fork,
         "--config-file",
         cfg,
