@@ -148,3 +148,18 @@ def run_train_net(cwd, *args):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return out
+
+
+def training_losses(model, next_batch, steps=60, lr=1e-3):
+    """Total loss at each of ``steps`` AdamW steps of ``model`` on ``next_batch()``."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        loss = sum(model(next_batch()).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    return history

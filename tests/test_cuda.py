@@ -16,6 +16,7 @@ from common import (
     register,
     run_train_net,
     tiny_cfg,
+    training_losses,
     two_image_dataset,
 )
 from detectron2.modeling import build_model
@@ -88,15 +89,8 @@ def test_iterative_training_on_cuda_learns_one_image(records):
         MODEL__SAM__ITERATIVE__ENABLED=True,
         MODEL__SAM__ITERATIVE__CLICK_ROUNDS=3,
     ).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = mapped(records[:1])
-    history = []
-    for _ in range(60):
-        loss = sum(model(batch).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
+    history = training_losses(model, lambda: batch)
     assert np.isfinite(history).all()
     assert np.mean(history[-5:]) < 0.5 * np.mean(history[:5])
 

@@ -12,6 +12,7 @@ from common import (
     polygon_ellipse,
     shapes_image,
     tiny_cfg,
+    training_losses,
 )
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks
@@ -86,16 +87,8 @@ def test_frozen_encoder_gets_no_gradient(records):
 def test_loss_falls_when_overfitting_one_image(records):
     model = build(MODEL__SAM__PROMPTS_PER_CHUNK=4)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     m = SAMDatasetMapper(tiny_cfg(), True)
-    history = []
-    for _ in range(60):
-        losses = model([m(records[0])])
-        loss = sum(losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
+    history = training_losses(model, lambda: [m(records[0])])
     assert np.isfinite(history).all()
     assert np.mean(history[-5:]) < 0.5 * np.mean(history[:5])
 
