@@ -4,6 +4,7 @@ precision (float16 with a gradient scaler, bfloat16) close to float32, and the t
 with SOLVER.AMP.ENABLED trained, resumed and evaluated. Skipped on machines without CUDA.
 """
 
+import functools
 import json
 
 import numpy as np
@@ -21,7 +22,6 @@ from common import (
 )
 from detectron2.modeling import build_model
 
-from sam_prompt import SAMDatasetMapper
 from sam_prompt.engine import MixedPrecisionTrainer, Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -163,8 +163,7 @@ def test_trainer_amp_on_cuda_learns_and_resumes_its_scaler(tmp_path, precision):
 
 
 def test_train_net_on_cuda_with_amp_trains_resumes_and_evaluates(tmp_path):
-    def run(*args):
-        return run_train_net(REPO, *args)
+    run = functools.partial(run_train_net, REPO)
 
     cfg = "projects/SAMPrompt/configs/sam_instant_test.yaml"
     common = ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)]

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from common import small_dataset, tiny_cfg
+from common import mapped, small_dataset, tiny_cfg
 from detectron2.modeling import build_model
-from test_model import mapped, records  # noqa: F401  (fixture)
+from test_model import records  # noqa: F401  (fixture)
 
 from sam_prompt.modeling.clicks import corrective_click, interactive_metrics, sample_clicks
 

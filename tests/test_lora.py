@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from common import tiny_cfg
+from common import mapped, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
-from test_model import mapped, records  # noqa: F401  (fixture)
+from test_model import records  # noqa: F401  (fixture)
 
 from sam_prompt.checkpoint import CheckpointError, SAMCheckpointer
 

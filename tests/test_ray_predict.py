@@ -4,7 +4,6 @@ resume across the cluster."""
 import json
 import os
 
-import numpy as np
 import pytest
 import shapely
 from common import tiny_cfg
