@@ -135,8 +135,9 @@ def mapped(records, is_train=True, **overrides):
     return [m(r) for r in records]
 
 
-def run_train_net(cwd, *args):
-    """``tools/train_net.py ARGS`` run from ``cwd`` in a new process; its output (exit code 0)."""
+def run_train_net(cwd, *args, fails=False):
+    """``tools/train_net.py ARGS`` run from ``cwd`` in a new process; its output (exit code 0,
+    or not 0 with ``fails``)."""
     proc = subprocess.run(
         [sys.executable, "tools/train_net.py", *args],
         cwd=cwd,
@@ -146,7 +147,7 @@ def run_train_net(cwd, *args):
         timeout=600,
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert (proc.returncode != 0) == fails, out[-4000:]
     return out
 
 

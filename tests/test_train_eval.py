@@ -245,15 +245,11 @@ def test_copied_project_trains_resumes_and_evaluates(tmp_path):
     out = run_train_net(fork, "--config-file", cfg, "--resume", *common, "SOLVER.MAX_ITER", "6")
     assert "Starting training from iteration 4" in out
 
-    out = run_train_net(
-        fork,
-        "--config-file",
-        cfg,
-        "--eval-only",
-        "--prompt",
-        "point",
-        *common,
-        "MODEL.WEIGHTS",
-        "out/model_final.pth",
-    )
+    evaluate = [fork, "--config-file", cfg, "--eval-only"]
+    weights = ["MODEL.WEIGHTS", "out/model_final.pth"]
+    out = run_train_net(*evaluate, *common, *weights)
     assert "copypaste: Task: segm" in out and "Starting training" not in out
+    # Weights trained with boxes are not evaluated with points (exit code 0, meaningless AP).
+    out = run_train_net(*evaluate, "--prompt", "point", *common, *weights, fails=True)
+    assert "CheckpointError: These weights were trained with box prompts only" in out
+    assert "copypaste: Task: segm" not in out

@@ -3,6 +3,7 @@
 import logging
 import os
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 __all__ = ["SAMCheckpointer", "CheckpointError", "UnreadableCheckpoint"]
@@ -81,7 +82,13 @@ class SAMCheckpointer(DetectionCheckpointer):
             ) from e
 
     def _load_model(self, checkpoint):
-        _map_lora_keys(checkpoint["model"], self.model.state_dict())
+        own = self.model.state_dict()
+        _map_lora_keys(checkpoint["model"], own)
+        if "prompts_trained" in own and not any(
+            k in ("prompts_trained", "module.prompts_trained") for k in checkpoint["model"]
+        ):
+            # Written before checkpoints recorded their training prompts: unknown, not checked.
+            checkpoint["model"]["prompts_trained"] = torch.tensor(-1)
         incompatible = super()._load_model(checkpoint)
         if self.allow_partial or not hasattr(_unwrap(self.model), "sam"):
             return incompatible

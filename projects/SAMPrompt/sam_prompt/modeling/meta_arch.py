@@ -9,9 +9,10 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import BitMasks, Instances, PolygonMasks, polygons_to_bitmask
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.logger import log_every_n_seconds
+from detectron2.utils.logger import log_every_n_seconds, log_first_n
 from torch import nn
 
+from ..checkpoint import CheckpointError
 from ..prompts import PAD_LABEL, prompt_instances, validate_prompt_source
 from ..transforms import TEST_AUG_VIEWS, unview_image, view_boxes, view_image, view_xy
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
@@ -23,6 +24,9 @@ from .losses import chunked_loss, mask_iou, mask_losses
 __all__ = ["SAMPrompt", "DetectorPromptedSAM"]
 
 logger = logging.getLogger(__name__)
+
+# Bits of SAMPrompt.prompts_trained: what the weights have been trained with.
+TRAINED_BOX, TRAINED_POINT, TRAINED_MULTIMASK = 1, 2, 4
 
 
 @META_ARCH_REGISTRY.register()
@@ -71,6 +75,7 @@ class SAMPrompt(nn.Module):
         point_as_mask=0.0,
         fine_features=None,
         test_aug="",
+        prompts_trained=-1,
     ):
         """
         Args:
@@ -111,6 +116,11 @@ class SAMPrompt(nn.Module):
             test_aug (str): "" (off), "flip" or "d4": predict each prompt on these views of the
                 image (:data:`TEST_AUG_VIEWS`) and average the masks' logits and predicted IoUs
                 (``MODEL.SAM.TEST_AUG``).
+            prompts_trained (int): what ``sam``'s weights were trained with: -1 unknown (as
+                official weights, which were trained with every prompt: nothing is checked), 0
+                nothing yet (random weights), else bits ``TRAINED_*``. Kept in checkpoints as
+                the buffer ``prompts_trained`` and updated by training; inference refuses prompts
+                the weights were never trained with (:meth:`check_prompts_trained`).
         """
         super().__init__()
         if prompt_type not in ("box", "point"):
@@ -179,6 +189,7 @@ class SAMPrompt(nn.Module):
                 "MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS 0 or MODEL.SAM.TEST_AUG ''"
             )
         self.views = TEST_AUG_VIEWS[test_aug]
+        self.register_buffer("prompts_trained", torch.tensor(int(prompts_trained)))
         self.fine_features = fine_features
         self._fine = None  # the fine features of the image being decoded (see _decode)
         if fine_features is not None:
@@ -237,6 +248,8 @@ class SAMPrompt(nn.Module):
             "box_as_mask": s.PROMPT.BOX_AS_MASK,
             "point_as_mask": s.PROMPT.POINT_AS_MASK,
             "fine_features": _fine_features_from_cfg(cfg),
+            # Official weights were trained with every prompt; random ones with none yet.
+            "prompts_trained": -1 if s.CHECKPOINT else 0,
             "test_aug": s.TEST_AUG,
         }
 
@@ -446,6 +459,8 @@ class SAMPrompt(nn.Module):
         if self.fine_features is not None and self.fine_features.refinement is not None:
             decoding.append(self.fine_features.refinement)
         params = [p for m in decoding for p in m.parameters() if p.requires_grad]
+        if num_instances:
+            self._record_prompts_trained(chunks)
         if num_instances == 0:  # keeps every parameter in the graph (DDP) with zero loss
             zero = sum(p.sum() for p in params) * 0.0 + embeddings.sum() * 0.0
             terms = torch.stack([zero] * 3)
@@ -456,6 +471,73 @@ class SAMPrompt(nn.Module):
                 self._empty_masks / num_instances, self._mask_iou_sum / num_instances
             )
         return {"loss_mask_focal": terms[0], "loss_mask_dice": terms[1], "loss_iou": terms[2]}
+
+    def _record_prompts_trained(self, chunks):
+        """Add this step's prompts to ``prompts_trained`` (on the device: no synchronisation)."""
+        bits = TRAINED_BOX if self.prompt_type == "box" else TRAINED_POINT
+        if self.click_rounds:  # corrective clicks are points
+            bits |= TRAINED_POINT
+        if any(self._multimask(points) for _, _, points, _ in chunks):
+            bits |= TRAINED_MULTIMASK
+        t = self.prompts_trained
+        t.copy_(torch.where(t >= 0, t | bits, t))
+
+    def check_prompts_trained(self, points=None):
+        """
+        Refuse to decode prompts these weights were never trained with (``prompts_trained``,
+        kept in their checkpoint): a box model's point embeddings and a single point's three
+        masks are still random, and would give meaningless masks with no error.
+
+        Args:
+            points: the point prompts to decode ((N, P, 2) coordinates, labels), or None (for
+                box prompts, or a single point each when MULTIMASK_FOR_SINGLE_POINT is on).
+        """
+        trained = int(self.prompts_trained)
+        if trained <= 0:  # unknown (official weights, older checkpoints) or random weights
+            return
+        kinds = [
+            name
+            for bit, name in (
+                (TRAINED_BOX, "box prompts"),
+                (TRAINED_POINT, "point prompts"),
+                (TRAINED_MULTIMASK, "three masks per single point"),
+            )
+            if trained & bit
+        ]
+        done = f"These weights were trained with {' and '.join(kinds)} only"
+        if self.interactive_clicks > 1 and not trained & TRAINED_POINT:
+            log_first_n(
+                logging.WARNING,
+                f"{done}: the interactive evaluation's corrective clicks (points) go through "
+                "weights never trained (expect them to spoil the masks). Train with "
+                "MODEL.SAM.ITERATIVE.ENABLED True for clicks that correct.",
+                n=1,
+                name=__name__,
+            )
+        if self.prompt_type == "box" and not trained & TRAINED_BOX:
+            raise CheckpointError(
+                f"{done}: box prompts would go through weights never trained (the box-corner "
+                "embeddings) and give meaningless masks. Evaluate them with "
+                "MODEL.SAM.PROMPT.TYPE point (--prompt point), or fine-tune them with boxes first."
+            )
+        if self.prompt_type != "point":
+            return
+        if not trained & TRAINED_POINT:
+            raise CheckpointError(
+                f"{done}: point prompts would go through weights never trained (the point "
+                "embeddings and a single point's three masks) and give meaningless masks. "
+                "Evaluate them with MODEL.SAM.PROMPT.TYPE box (--prompt box), or fine-tune them "
+                "with points first (sam_small_point_cpu.yaml starts from a box model)."
+            )
+        multimask = (
+            self._multimask(points) if points is not None else self.multimask_for_single_point
+        )
+        if multimask and not trained & TRAINED_MULTIMASK:
+            raise CheckpointError(
+                f"{done}, each decoded to one mask (several points, or "
+                "MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT False): a single point's three masks were "
+                "never trained. Set MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT False as in training."
+            )
 
     def _report_training_masks(self, share, mean_iou):
         """
@@ -574,6 +656,8 @@ class SAMPrompt(nn.Module):
             in_hw = tuple(x["image"].shape[-2:])
             out_hw = (x.get("height", in_hw[0]), x.get("width", in_hw[1]))
             boxes, points = self._prompt_tensors(inst)
+            if len(inst):
+                self.check_prompts_trained(points)
             masks = torch.zeros((len(inst), *out_hw), dtype=torch.bool, device=self.device)
             scores = torch.zeros(len(inst), device=self.device)
             for sl in self._chunk_slices(len(inst)):
