@@ -144,7 +144,8 @@ class SAMPrompt(nn.Module):
         self.mask_threshold = mask_threshold
         self.warmup_iters = warmup_iters
         # Collapse watch, per training forward: predicted masks with no pixel, and the summed
-        # IoU of the predicted masks with their targets (both of the mask inference keeps).
+        # IoU of the predicted masks with their targets (both of the mask inference keeps), as
+        # tensors on the device while the chunks are decoded.
         self._empty_masks = 0
         self._mask_iou_sum = 0.0
         self._empty_share_ema = None
@@ -467,9 +468,9 @@ class SAMPrompt(nn.Module):
         else:
             self._empty_masks, self._mask_iou_sum = 0, 0.0
             terms = chunked_loss(self._chunk_loss, chunks, embeddings, params) / num_instances
-            self._report_training_masks(
-                self._empty_masks / num_instances, self._mask_iou_sum / num_instances
-            )
+            # Summed on the device over the chunks: one synchronisation per step.
+            empty, iou = torch.stack([self._empty_masks, self._mask_iou_sum]).tolist()
+            self._report_training_masks(empty / num_instances, iou / num_instances)
         return {"loss_mask_focal": terms[0], "loss_mask_dice": terms[1], "loss_iou": terms[2]}
 
     def _record_prompts_trained(self, chunks):
@@ -586,8 +587,8 @@ class SAMPrompt(nn.Module):
         gh, gw = targets.shape[-2:]
         with torch.no_grad():  # the mask inference would keep: empty ones mean collapse
             pred = kept[:, 0, :gh, :gw] > self.mask_threshold
-            self._empty_masks += int((~pred.flatten(1).any(1)).sum())
-            self._mask_iou_sum += float(mask_iou(pred, targets > 0.5).sum())
+            self._empty_masks = self._empty_masks + (~pred.flatten(1).any(1)).sum().float()
+            self._mask_iou_sum = self._mask_iou_sum + mask_iou(pred, targets > 0.5).sum().float()
         terms = self._mask_losses(logits, iou_pred, targets)
         if not self.click_rounds and not self.mask_only_rounds:
             return terms
