@@ -1,4 +1,4 @@
-"""Checkpoints: official SAM files load and behave identically; the prompts weights were trained with are checked."""
+"""Checkpoints: official SAM files load and behave alike; prompts never trained are refused."""
 
 import logging
 from collections import Counter
@@ -14,6 +14,7 @@ from sam_prompt import SAMDatasetMapper, build_sam
 from sam_prompt.checkpoint import CheckpointError, SAMCheckpointer
 from sam_prompt.modeling.build_sam import sam_arch_from_cfg
 from sam_prompt.modeling.meta_arch import TRAINED_BOX, TRAINED_MULTIMASK, TRAINED_POINT
+from sam_prompt.scene import TileModel
 
 
 @pytest.fixture
@@ -137,6 +138,8 @@ def test_weights_refuse_prompts_they_were_never_trained_with(tmp_path, caplog, m
         CheckpointError, match=r"trained with box prompts only: point prompts.*TYPE box"
     ):
         _predict(_load(box_path, **point), records, **point)
+    with pytest.raises(CheckpointError, match="box prompts only"):  # tools/predict.py: no tile read
+        TileModel(tiny_cfg(MODEL__WEIGHTS=box_path, **point))
     assert len(_predict(_load(box_path), records)[1]["instances"]) == 3
     # The interactive evaluation's clicks are points too: a warning (measuring them is allowed).
     monkeypatch.setattr(d2_logger, "_LOG_COUNTER", Counter())

@@ -47,6 +47,8 @@ class TileModel:
         self.model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
             SAMCheckpointer.from_config(cfg, self.model).load(cfg.MODEL.WEIGHTS)
+        if hasattr(self.model, "check_prompts_trained"):  # before any tile: one prompt per object
+            self.model.check_prompts_trained()
         self.model.eval()
         self.input_format = cfg.INPUT.FORMAT
         if uses_prompts(cfg):  # the mapper's resize: image and prompts share one transform
