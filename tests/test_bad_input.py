@@ -373,6 +373,15 @@ def test_fine_features_weights_into_a_model_without_them_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"rescored\.pth.*FINE_RESCORE"):
         SAMCheckpointer.from_config(refined, build_model(refined)).load(path3)
     SAMCheckpointer.from_config(rescored, build_model(rescored)).load(path2)
+    # Further refinement passes likewise.
+    passes = tiny_cfg(
+        MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4, MODEL__SAM__FINE_REFINE_PASSES=2
+    )
+    path5 = str(tmp_path / "two_passes.pth")
+    torch.save({"model": build_model(passes).state_dict()}, path5)
+    with pytest.raises(CheckpointError, match=r"two_passes\.pth.*FINE_REFINE_PASSES"):
+        SAMCheckpointer.from_config(refined, build_model(refined)).load(path5)
+    SAMCheckpointer.from_config(passes, build_model(passes)).load(path2)
     # A deeper stem likewise: refused when its blocks would be dropped, fresh when absent.
     deep = tiny_cfg(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_DEPTH=2)
     path4 = str(tmp_path / "deep.pth")

@@ -555,6 +555,55 @@ def test_mask_refinement_starts_as_identity_and_learns_through_the_chunked_loss(
         build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=-1)
 
 
+def test_further_refinement_passes_start_as_identity_and_refine_the_refined_masks(records):
+    refined = dict(
+        MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4, MODEL__SAM__FINE_RESCORE=True
+    )
+    one = build(**refined)
+    with torch.no_grad():  # a trained-like first pass (zero layers would hide any mix-up)
+        for p in one.fine_features.parameters():
+            p.normal_(std=0.1)
+    two = build(**refined, MODEL__SAM__FINE_REFINE_PASSES=2)
+    missing = two.load_state_dict(one.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("fine_features.refinement.more.0.") for k in missing)
+    batch = mapped(records)
+    one.train(), two.train()
+    torch.manual_seed(1)
+    ref = one(batch)
+    torch.manual_seed(1)
+    out = two(batch)
+    for k in ref:  # the second pass starts as the identity
+        torch.testing.assert_close(out[k], ref[k])
+    sum(out.values()).backward()
+    second = two.fine_features.refinement.more[0]
+    assert second.body[-1].weight.grad.abs().sum() > 0  # it learns, through the chunked loss
+    assert second.score[-1].weight.grad.abs().sum() > 0
+
+    # Once trained, it refines the first pass's output, with its own window.
+    with torch.no_grad():
+        for p in second.parameters():
+            p.normal_(std=0.1)
+    first = two.fine_features.refinement
+    logits = torch.full((2, 3, 64, 64), -6.0)
+    logits[0, :, 20:30, 24:31] = 8.0
+    logits[1, 1, 40:44, 5:9] = 3.0
+    fine = torch.randn(1, 8, 64, 64)
+    iou = torch.rand(2, 3)
+    with torch.no_grad():
+        got = first(logits, fine, iou)
+        once = first._refine(logits, fine, iou)
+        expected = second(once[0], fine, once[1])
+        assert not torch.equal(got[0], once[0]) and not torch.equal(got[1], once[1])
+        torch.testing.assert_close(got[0], expected[0])
+        torch.testing.assert_close(got[1], expected[1])
+        torch.testing.assert_close(first(logits, fine), second(first._refine(logits, fine), fine))
+
+    with pytest.raises(ValueError, match="FINE_REFINE > 0"):
+        build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE_PASSES=2)
+    with pytest.raises(ValueError, match="FINE_REFINE_PASSES=0"):
+        build(**refined, MODEL__SAM__FINE_REFINE_PASSES=0)
+
+
 def test_rescoring_starts_as_the_decoder_and_scores_each_mask_by_its_own_features(records):
     refined = build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4)
     model = build(

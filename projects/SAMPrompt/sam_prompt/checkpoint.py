@@ -99,11 +99,20 @@ class SAMCheckpointer(DetectionCheckpointer):
             k for k in incompatible.missing_keys if k.startswith("sam.") and ".lora_" not in k
         ]
         if any(
-            k.startswith("fine_features.refinement.score.") for k in incompatible.unexpected_keys
+            k.startswith("fine_features.refinement.") and ".score." in k
+            for k in incompatible.unexpected_keys
         ):
             raise CheckpointError(
                 f"MODEL.WEIGHTS {self._loading} was trained with masks rescored by the refinement: "
                 "set MODEL.SAM.FINE_RESCORE True as in training (its config.yaml), or its scores "
+                "would differ"
+            )
+        if any(
+            k.startswith("fine_features.refinement.more.") for k in incompatible.unexpected_keys
+        ):
+            raise CheckpointError(
+                f"MODEL.WEIGHTS {self._loading} was trained with more mask refinement passes: set "
+                "MODEL.SAM.FINE_REFINE_PASSES as in training (its config.yaml), or its masks "
                 "would differ"
             )
         if any(k.startswith("fine_features.refinement.") for k in incompatible.unexpected_keys):

@@ -114,6 +114,10 @@ def add_sam_config(cfg):
     # features over the refined mask and its edge; the decoder predicts it before they shape the
     # mask. Zero-initialised.
     _C.MODEL.SAM.FINE_RESCORE = False
+    # With FINE_REFINE: refinement passes, each with its own weights, the next on the last's
+    # output and reaching 8 cells further; a pass after the first starts as the identity, so
+    # weights of fewer passes load and start as they were (sam_small_point_cpu.yaml).
+    _C.MODEL.SAM.FINE_REFINE_PASSES = 1
 
     # Parts of SAM kept fixed during training.
     _C.MODEL.SAM.FREEZE_IMAGE_ENCODER = False

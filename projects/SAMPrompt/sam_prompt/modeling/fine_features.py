@@ -55,6 +55,7 @@ class FineFeatures(nn.Module):
         refine_channels=0,
         rescore=False,
         depth=0,
+        refine_passes=1,
     ):
         super().__init__()
         if patch_size % 8:
@@ -80,7 +81,7 @@ class FineFeatures(nn.Module):
         nn.init.zeros_(self.stem[-1].weight)
         nn.init.zeros_(self.stem[-1].bias)
         self.refinement = (
-            MaskRefinement(out_channels, refine_channels, rescore=rescore)
+            MaskRefinement(out_channels, refine_channels, rescore=rescore, passes=refine_passes)
             if refine_channels > 0
             else None
         )
@@ -125,12 +126,20 @@ class MaskRefinement(nn.Module):
     on the last hidden layer's features, averaged over the refined mask and over its edge (weights
     from the mask's probabilities, detached), adds to the decoder's prediction. Its last layer
     starts at zero too; the IoU loss trains it.
+
+    ``passes`` > 1 (``MODEL.SAM.FINE_REFINE_PASSES``) refines the refined logits again, each further
+    pass with its own weights (the modules of ``more``) and its own window, reaching ``REACH`` cells
+    further: an edge that lies several cells off (a point's mask, whose extent the prompt does not
+    give) can move to its trough. Each further pass starts as the identity, so weights of fewer
+    passes load and start as they were.
     """
 
     REACH = 8  # receptive field radius in cells: 1 + 2 + 4 + 1
 
-    def __init__(self, feature_channels, channels, rescore=False):
+    def __init__(self, feature_channels, channels, rescore=False, passes=1):
         super().__init__()
+        if passes < 1:
+            raise ValueError(f"MODEL.SAM.FINE_REFINE_PASSES={passes}: at least 1")
         self.image = nn.Conv2d(feature_channels, channels, 3, padding=1)
         self.mask = nn.Conv2d(1, channels, 3, padding=1, bias=False)
         self.body = nn.Sequential(
@@ -149,12 +158,25 @@ class MaskRefinement(nn.Module):
             self.score = nn.Sequential(nn.Linear(2 * channels + 1, 16), nn.GELU(), nn.Linear(16, 1))
             nn.init.zeros_(self.score[-1].weight)
             nn.init.zeros_(self.score[-1].bias)
+        self.more = nn.ModuleList(
+            MaskRefinement(feature_channels, channels, rescore) for _ in range(passes - 1)
+        )
 
     def forward(self, logits, fine, iou_pred=None):
         """
         (N, K, H, W) mask logits, (1, c, H, W) fine features[, (N, K) predicted IoU] -> refined
         logits (N, K, H, W)[, the predicted IoU, corrected with ``rescore``].
         """
+        out = self._refine(logits, fine, iou_pred)
+        for refinement in self.more:
+            if iou_pred is None:
+                out = refinement(out, fine)
+            else:
+                out = refinement(out[0], fine, out[1])
+        return out
+
+    def _refine(self, logits, fine, iou_pred=None):
+        """One pass: :meth:`forward` without the further passes."""
         n, k, h, w = logits.shape
         if n == 0:
             return logits if iou_pred is None else (logits, iou_pred)

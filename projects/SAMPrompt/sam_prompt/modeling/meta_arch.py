@@ -769,6 +769,14 @@ def _fine_features_from_cfg(cfg):
     if refine < 0:
         raise ValueError(f"MODEL.SAM.FINE_REFINE={refine}: channels, >= 0 (0 = off)")
     rescore = cfg.MODEL.SAM.FINE_RESCORE
+    passes = cfg.MODEL.SAM.FINE_REFINE_PASSES
+    if passes < 1:
+        raise ValueError(f"MODEL.SAM.FINE_REFINE_PASSES={passes}: at least 1")
+    if passes > 1 and not refine:
+        raise ValueError(
+            f"MODEL.SAM.FINE_REFINE_PASSES={passes} repeats the mask refinement: set "
+            "MODEL.SAM.FINE_REFINE > 0 too"
+        )
     depth = cfg.MODEL.SAM.FINE_DEPTH
     if depth < 0:
         raise ValueError(f"MODEL.SAM.FINE_DEPTH={depth}: residual blocks, >= 0")
@@ -798,6 +806,7 @@ def _fine_features_from_cfg(cfg):
         refine_channels=refine,
         rescore=rescore,
         depth=depth,
+        refine_passes=passes,
     )
 
 
