@@ -116,7 +116,7 @@ def add_sam_config(cfg):
     _C.MODEL.SAM.FINE_RESCORE = False
     # With FINE_REFINE: refinement passes, each with its own weights, the next on the last's
     # output and reaching 8 cells further; a pass after the first starts as the identity, so
-    # weights of fewer passes load and start as they were (sam_small_point_cpu.yaml).
+    # weights of fewer passes load and start as they were (README: point prompts, 2 passes).
     _C.MODEL.SAM.FINE_REFINE_PASSES = 1
 
     # Parts of SAM kept fixed during training.
