@@ -75,6 +75,18 @@ def test_chunked_equals_one_shot_and_plain_autograd(records, prompt):
             assert (g - reference[k]).abs().max().item() <= 1e-4 * scale + 1e-6, k
 
 
+def _same_seed_losses(a, b, batch):
+    """Training losses of models ``a`` and ``b`` on ``batch`` under the same seed; asserts equal."""
+    a.train(), b.train()
+    torch.manual_seed(1)
+    ref = a(batch)
+    torch.manual_seed(1)
+    out = b(batch)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k])
+    return ref, out
+
+
 def test_frozen_encoder_gets_no_gradient(records):
     model = build(MODEL__SAM__FREEZE_IMAGE_ENCODER=True, MODEL__SAM__PROMPTS_PER_CHUNK=5)
     model.train()
@@ -401,13 +413,7 @@ def test_fine_features_start_as_plain_sam_and_learn_through_the_chunked_loss(rec
     model.sam.load_state_dict(plain.sam.state_dict())
     batch = mapped(records)
     # Zero-initialised: the same losses and masks as SAM without them.
-    plain.train(), model.train()
-    torch.manual_seed(1)
-    ref = plain(batch)
-    torch.manual_seed(1)
-    out = model(batch)
-    for k in ref:
-        torch.testing.assert_close(out[k], ref[k])
+    ref, out = _same_seed_losses(plain, model, batch)
     sum(out.values()).backward()
     stem = model.fine_features.stem
     assert stem[-1].weight.grad.abs().sum() > 0  # reached through the folded channels
@@ -486,13 +492,7 @@ def test_mask_refinement_starts_as_identity_and_learns_through_the_chunked_loss(
     model = build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_REFINE=4)
     model.load_state_dict(base.state_dict(), strict=False)
     batch = mapped(records)
-    base.train(), model.train()
-    torch.manual_seed(1)
-    ref = base(batch)
-    torch.manual_seed(1)
-    out = model(batch)
-    for k in ref:  # zero-initialised last layer: the same losses
-        torch.testing.assert_close(out[k], ref[k])
+    ref, out = _same_seed_losses(base, model, batch)  # zero-initialised last layer
     sum(out.values()).backward()
     refine = model.fine_features.refinement
     assert refine.body[-1].weight.grad.abs().sum() > 0
@@ -567,13 +567,7 @@ def test_further_refinement_passes_start_as_identity_and_refine_the_refined_mask
     missing = two.load_state_dict(one.state_dict(), strict=False).missing_keys
     assert missing and all(k.startswith("fine_features.refinement.more.0.") for k in missing)
     batch = mapped(records)
-    one.train(), two.train()
-    torch.manual_seed(1)
-    ref = one(batch)
-    torch.manual_seed(1)
-    out = two(batch)
-    for k in ref:  # the second pass starts as the identity
-        torch.testing.assert_close(out[k], ref[k])
+    ref, out = _same_seed_losses(one, two, batch)  # the second pass starts as the identity
     sum(out.values()).backward()
     second = two.fine_features.refinement.more[0]
     assert second.body[-1].weight.grad.abs().sum() > 0  # it learns, through the chunked loss
