@@ -132,8 +132,15 @@ def test_point_recipe_starts_from_the_box_recipe():
     assert point.OUTPUT_DIR != box.OUTPUT_DIR
     assert point.MODEL.SAM.PROMPT.TYPE == "point" and point.MODEL.SAM.MULTIMASK_INIT == "single"
     _check_multimask_init(point)  # the three masks it initialises are decoded
-    shapes = [{k: v.shape for k, v in build_model(c).state_dict().items()} for c in (box, point)]
-    assert shapes[0] == shapes[1]
+    box_shapes, point_shapes = (
+        {k: v.shape for k, v in build_model(c).state_dict().items()} for c in (box, point)
+    )
+    # Every weight of the box model fits; the point recipe's further refinement pass is new (it
+    # starts as the identity).
+    assert {k: point_shapes.get(k) for k in box_shapes} == box_shapes
+    assert point.MODEL.SAM.FINE_REFINE_PASSES == box.MODEL.SAM.FINE_REFINE_PASSES + 1 == 2
+    new = point_shapes.keys() - box_shapes.keys()
+    assert new and all(k.startswith("fine_features.refinement.more.0.") for k in new)
 
 
 def test_interactive_shorthand_turns_test_aug_off(tmp_path):
