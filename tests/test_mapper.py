@@ -11,7 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import polygons_to_bitmask
 
 from sam_prompt import InvalidRecordError, SAMDatasetMapper
-from sam_prompt.prompts import GroundTruthPrompts, interior_point
+from sam_prompt.prompts import GroundTruthPrompts, interior_point, point_depth
 from sam_prompt.transforms import DihedralTransform
 
 
@@ -88,6 +88,24 @@ def test_interior_point_is_farthest_from_boundary():
     mask[2:18, 20:38] = True  # wider right part
     x, y = interior_point(mask)
     assert 20 < x < 38 and 2 < y < 18
+
+
+def test_point_depth_is_one_at_the_mask_middle_and_falls_towards_its_edge():
+    from scipy import ndimage
+
+    masks = np.zeros((2, 3, 40, 60), bool)
+    masks[0, 0, 10:30, 10:30] = True  # a 20 x 20 square around the point (20.5, 20.5)
+    masks[0, 1] = masks[0, 0]
+    masks[0, 1, :, 30:] = True  # merged with a larger neighbour
+    masks[0, 2, 25:35, 40:50] = True  # elsewhere
+    masks[1, 0] = True  # the whole grid: its border counts as boundary
+    depth = point_depth(masks, np.array([[20.5, 20.5], [0.2, 39.9]]))
+    assert depth[0, 0] == 1.0
+    # 10 pixels deep where the neighbour is 17 deep (as on the whole grid, not the mask's box)
+    whole = ndimage.distance_transform_edt(np.pad(masks[0, 1], 1))[1:-1, 1:-1]
+    assert depth[0, 1] == pytest.approx(whole[20, 20] / whole.max()) == pytest.approx(10 / 17)
+    assert depth[0, 2] == 0.0  # outside its mask
+    assert 0 < depth[1, 0] < 0.1 and (depth[1, 1:] == 0).all()  # at the border; empty masks
 
 
 def test_inner_training_points_are_drawn_by_distance_from_the_boundary():

@@ -176,6 +176,42 @@ def test_point_prompts_train_on_best_of_three(records):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_centrality_keeps_the_mask_the_point_lies_deepest_in(records):
+    """MULTIMASK_CENTRALITY: among a point's three masks, the predicted IoU times the point's
+    depth in the mask chooses, and scores the mask kept."""
+    point = dict(MODEL__SAM__PROMPT__TYPE="point")
+    x = mapped(records[:1], is_train=False, **point)[0]
+    x = dict(x, instances=x["instances"][:2])
+    g = build(**point).image_size // 4  # the decoder's grid
+
+    def decode(embedding, boxes, points, multimask, masks=None):
+        # 0: a square around the point, the point 2 cells from its corner (predicted IoU 0.9);
+        # 1: a disk centred on the point (0.6); 2: nothing (0.1).
+        n = len(points[0])
+        logits = torch.full((n, 3, g, g), -5.0)
+        yy, xx = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        for i, (px, py) in enumerate((points[0][:, 0] / 4).tolist()):
+            cx, cy = int(px), int(py)
+            logits[i, 0, max(cy - 2, 0) : cy + 10, max(cx - 2, 0) : cx + 10] = 5.0
+            logits[i, 1][(yy - cy) ** 2 + (xx - cx) ** 2 <= 4] = 5.0
+        return logits, torch.tensor([[0.9, 0.6, 0.1]]).expand(n, 3)
+
+    out = {}
+    for centrality in (0.0, 1.0):
+        model = build(**point, MODEL__SAM__MULTIMASK_CENTRALITY=centrality)
+        model._decode = decode
+        model.eval()
+        with torch.no_grad():
+            out[centrality] = model([x])[0]["instances"]
+    areas = {c: inst.pred_masks.flatten(1).sum(1).float() for c, inst in out.items()}
+    torch.testing.assert_close(out[0.0].scores, torch.full((2,), 0.9))
+    # the disk, scored 0.6 x the depth of the point (near, not on, its deepest output pixel)
+    assert (out[1.0].scores > 0.45).all() and (out[1.0].scores <= 0.6).all()
+    assert (areas[1.0] * 4 < areas[0.0]).all()
+    with pytest.raises(ValueError, match="MULTIMASK_CENTRALITY=-1"):
+        build(MODEL__SAM__MULTIMASK_CENTRALITY=-1.0)
+
+
 def test_instance_cap_limits_training_prompts(records):
     model = build(MODEL__SAM__MAX_INSTANCES_PER_IMAGE=5)
     model.train()

@@ -147,6 +147,13 @@ def add_sam_config(cfg):
     # copy_single_mask_output): for point prompts fine-tuned from a box model, which only trains
     # that output. "" = as loaded.
     _C.MODEL.SAM.MULTIMASK_INIT = ""
+    # > 0: inference chooses among those three masks, and scores the one it keeps, by the
+    # predicted IoU times (the point's depth in the mask / the mask's greatest depth) ** this.
+    # A click near its object's middle (EVAL_POINT interior, as users click) lies deepest in the
+    # mask of that object, shallow in one that also spans its neighbours; a point anywhere in its
+    # object (EVAL_POINT random) loses AP with it (README: point prompts). The --interactive
+    # replay keeps SAM's choice. 0 = the predicted IoU alone (SAM's).
+    _C.MODEL.SAM.MULTIMASK_CENTRALITY = 0.0
 
     # SAM's iterative training: after the first prompt (box or point), CLICK_ROUNDS rounds each
     # add one click sampled in the error of the previous prediction (positive in a false

@@ -33,6 +33,7 @@ __all__ = [
     "validate_prompt_source",
     "box_jitter",
     "interior_point",
+    "point_depth",
     "point_prompts",
 ]
 
@@ -271,6 +272,31 @@ def interior_point(mask):
     dist = _boundary_distance(mask)
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return np.array([c + 0.5, r + 0.5])
+
+
+def point_depth(masks, points):
+    """
+    How deep each point lies in each of its masks: its distance from the mask's boundary over the
+    mask's greatest (1 at the mask's most interior pixel; 0 outside the mask or for an empty one).
+
+    Args:
+        masks (ndarray[N, K, H, W] bool)
+        points (ndarray[N, 2]): (x, y), continuous pixel coordinates of the masks.
+
+    Returns:
+        ndarray[N, K] float64
+    """
+    n, k, h, w = masks.shape
+    cols = np.clip(np.floor(points[:, 0]).astype(int), 0, w - 1)
+    rows = np.clip(np.floor(points[:, 1]).astype(int), 0, h - 1)
+    depth = np.zeros((n, k))
+    for i, j in zip(*np.nonzero(masks[np.arange(n), :, rows, cols])):
+        mask = masks[i, j]
+        ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        # The mask's box holds all of it: its distances are those of the whole grid.
+        dist = _boundary_distance(mask[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1])
+        depth[i, j] = dist[rows[i] - ys[0], cols[i] - xs[0]] / dist.max()
+    return depth
 
 
 def _boundary_distance(mask):

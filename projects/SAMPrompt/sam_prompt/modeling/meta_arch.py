@@ -13,7 +13,7 @@ from detectron2.utils.logger import log_every_n_seconds, log_first_n
 from torch import nn
 
 from ..checkpoint import CheckpointError
-from ..prompts import PAD_LABEL, prompt_instances, validate_prompt_source
+from ..prompts import PAD_LABEL, point_depth, prompt_instances, validate_prompt_source
 from ..transforms import TEST_AUG_VIEWS, unview_image, view_boxes, view_image, view_xy
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
 from .clicks import append_clicks, corrective_click, sample_clicks
@@ -57,6 +57,7 @@ class SAMPrompt(nn.Module):
         prompt_type="box",
         input_format="RGB",
         multimask_for_single_point=True,
+        multimask_centrality=0.0,
         loss_weights=(20.0, 1.0, 1.0),
         focal_alpha=0.25,
         focal_gamma=2.0,
@@ -83,6 +84,7 @@ class SAMPrompt(nn.Module):
             prompt_type (str): "box" or "point".
             input_format (str): "RGB" or "BGR", the channel order of input images.
             multimask_for_single_point (bool): see ``MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT``.
+            multimask_centrality (float): see ``MODEL.SAM.MULTIMASK_CENTRALITY``.
             loss_weights (tuple[float]): focal, dice, IoU-MSE.
             focal_alpha, focal_gamma (float):
             focal_region (str): see ``MODEL.SAM.LOSS.FOCAL_REGION``.
@@ -131,6 +133,11 @@ class SAMPrompt(nn.Module):
         self.prompt_type = prompt_type
         self.input_format = input_format
         self.multimask_for_single_point = multimask_for_single_point
+        if multimask_centrality < 0:
+            raise ValueError(
+                f"MODEL.SAM.MULTIMASK_CENTRALITY={multimask_centrality}: expected >= 0 (0 = off)"
+            )
+        self.multimask_centrality = multimask_centrality
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -233,6 +240,7 @@ class SAMPrompt(nn.Module):
             "prompt_type": s.PROMPT.TYPE,
             "input_format": cfg.INPUT.FORMAT,
             "multimask_for_single_point": s.MULTIMASK_FOR_SINGLE_POINT,
+            "multimask_centrality": s.MULTIMASK_CENTRALITY,
             "loss_weights": (s.LOSS.FOCAL_WEIGHT, s.LOSS.DICE_WEIGHT, s.LOSS.IOU_WEIGHT),
             "focal_alpha": s.LOSS.FOCAL_ALPHA,
             "focal_gamma": s.LOSS.FOCAL_GAMMA,
@@ -669,7 +677,9 @@ class SAMPrompt(nn.Module):
                     out = self._predict_view(emb[b : b + 1], box, pts, view, in_hw, out_hw)
                     logits, iou_pred = logits + out[0], iou_pred + out[1]
                 logits, iou_pred = logits / len(self.views), iou_pred / len(self.views)
-                if logits.shape[1] > 1:  # multimask: keep the candidate SAM rates highest
+                if logits.shape[1] > 1:  # multimask: keep the candidate rated highest
+                    if self.multimask_centrality:  # by SAM and by the point's depth in it
+                        iou_pred = iou_pred * self._centrality(logits, pts[0][:, 0], in_hw)
                     logits, iou_pred = self._best_candidate(logits, iou_pred)
                 masks[sl] = logits[:, 0] > self.mask_threshold
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
@@ -700,10 +710,22 @@ class SAMPrompt(nn.Module):
         if view[0]:  # transposed
             in_hw, out_hw = in_hw[::-1], out_hw[::-1]
         logits, iou_pred = self._decode(embedding, boxes, points, multimask)
-        if multimask and len(self.views) == 1:  # one view: pick before upsampling (3x cheaper)
+        if multimask and len(self.views) == 1 and not self.multimask_centrality:
+            # One view: pick before upsampling (3x cheaper).
             logits, iou_pred = self._best_candidate(logits, iou_pred)
         logits = self.sam.postprocess_masks(logits, in_hw, out_hw)
         return unview_image(logits, view), iou_pred
+
+    def _centrality(self, logits, points, in_hw):
+        """
+        (N, K, H, W) logits at the output size, (N, 2) points on the image of size ``in_hw`` ->
+        (N, K): how deep each point lies in each mask (:func:`point_depth`), to the power
+        ``multimask_centrality``.
+        """
+        h, w = logits.shape[-2:]
+        xy = points.float().cpu().numpy() * np.array([w / in_hw[1], h / in_hw[0]])
+        depth = point_depth((logits > self.mask_threshold).cpu().numpy(), xy)
+        return torch.from_numpy(depth).to(logits) ** self.multimask_centrality
 
     def _interactive(self, embedding, x, inst):
         """
