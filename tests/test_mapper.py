@@ -9,6 +9,7 @@ import torch
 from common import concave_polygon, polygon_ellipse, shapes_image, tiny_cfg
 from detectron2.data import transforms as T
 from detectron2.structures import polygons_to_bitmask
+from scipy import ndimage
 
 from sam_prompt import InvalidRecordError, SAMDatasetMapper
 from sam_prompt.prompts import GroundTruthPrompts, interior_point, point_depth
@@ -91,8 +92,6 @@ def test_interior_point_is_farthest_from_boundary():
 
 
 def test_point_depth_is_one_at_the_mask_middle_and_falls_towards_its_edge():
-    from scipy import ndimage
-
     masks = np.zeros((2, 3, 40, 60), bool)
     masks[0, 0, 10:30, 10:30] = True  # a 20 x 20 square around the point (20.5, 20.5)
     masks[0, 1] = masks[0, 0]
@@ -109,8 +108,6 @@ def test_point_depth_is_one_at_the_mask_middle_and_falls_towards_its_edge():
 
 
 def test_inner_training_points_are_drawn_by_distance_from_the_boundary():
-    from scipy import ndimage
-
     mask = np.zeros((40, 60), bool)
     mask[4:36, 6:50] = True
     dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
