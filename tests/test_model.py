@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks
 
 from sam_prompt import SAMDatasetMapper
+from sam_prompt.modeling.meta_arch import resolve_overlaps
 
 
 def build(seed=0, **overrides):
@@ -210,6 +211,102 @@ def test_centrality_keeps_the_mask_the_point_lies_deepest_in(records):
     assert (areas[1.0] * 4 < areas[0.0]).all()
     with pytest.raises(ValueError, match="MULTIMASK_CENTRALITY=-1"):
         build(MODEL__SAM__MULTIMASK_CENTRALITY=-1.0)
+
+
+def _multimask_decoder(g, shapes, iou):
+    """A stub mask decoder: candidate k of each point is ``shapes[k](cx, cy)`` (a bool (g, g)
+    grid from the point's cell), with predicted IoU ``iou[k]``."""
+
+    def decode(embedding, boxes, points, multimask, masks=None):
+        n = len(points[0])
+        logits = torch.full((n, len(shapes), g, g), -5.0)
+        for i, (px, py) in enumerate((points[0][:, 0] / 4).tolist()):
+            for k, shape in enumerate(shapes):
+                logits[i, k][shape(int(px), int(py))] = 5.0
+        return logits, torch.tensor([iou]).expand(n, len(shapes))
+
+    return decode
+
+
+def test_avoid_others_keeps_a_mask_without_other_prompts_points(records):
+    """MULTIMASK_AVOID_OTHERS: a candidate holding other prompts' points loses to one holding
+    none, whatever their predicted IoUs; with centrality, a point in none of its masks keeps
+    SAM's choice, scored 0."""
+    point = dict(MODEL__SAM__PROMPT__TYPE="point")
+    x = mapped(records[:1], is_train=False, **point)[0]
+    x = dict(x, instances=x["instances"][:3])
+    g = build(**point).image_size // 4
+    yy, xx = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+    everything = lambda cx, cy: torch.ones(g, g, dtype=torch.bool)  # noqa: E731
+    disk = lambda cx, cy: (yy - cy) ** 2 + (xx - cx) ** 2 <= 1  # noqa: E731
+    nothing = lambda cx, cy: torch.zeros(g, g, dtype=torch.bool)  # noqa: E731
+    out = {}
+    for avoid in (False, True):
+        model = build(**point, MODEL__SAM__MULTIMASK_AVOID_OTHERS=avoid)
+        model._decode = _multimask_decoder(g, [everything, disk, nothing], [0.9, 0.6, 0.1])
+        model.eval()
+        with torch.no_grad():
+            out[avoid] = model([x])[0]["instances"]
+    h, w = out[False].image_size
+    torch.testing.assert_close(out[False].scores, torch.full((3,), 0.9))
+    assert (out[False].pred_masks.flatten(1).sum(1) == h * w).all()
+    torch.testing.assert_close(out[True].scores, torch.full((3,), 0.6))
+    assert (out[True].pred_masks.flatten(1).sum(1) < h * w / 50).all()
+
+    # Centrality with the point outside all three masks: SAM's choice (the 0.7 one), score 0.
+    far = lambda cx, cy: (yy - (cy + g // 2) % g) ** 2 + (xx - (cx + g // 2) % g) ** 2 <= 9  # noqa
+    model = build(**point, MODEL__SAM__MULTIMASK_CENTRALITY=1.0)
+    model._decode = _multimask_decoder(g, [nothing, far, nothing], [0.2, 0.7, 0.1])
+    model.eval()
+    with torch.no_grad():
+        inst = model([x])[0]["instances"]
+    assert (inst.scores == 0).all() and (inst.pred_masks.flatten(1).sum(1) > 0).all()
+
+
+def test_resolve_overlaps_gives_each_claimed_pixel_to_the_nearest_prompt():
+    masks = torch.zeros(3, 20, 30, dtype=torch.bool)
+    masks[0, 2:12, 2:16] = True
+    masks[1, 2:12, 10:28] = True  # overlaps 0 on columns 10-15
+    masks[2, 15:19, 0:5] = True  # alone
+    centres = torch.tensor([[5.0, 7.0], [21.0, 7.0], [2.5, 17.0]])
+    out = resolve_overlaps(masks, centres)
+    assert (out.sum(0) <= 1).all()  # disjoint
+    assert torch.equal(out.any(0), masks.any(0))  # no claimed pixel is lost
+    assert torch.equal(out[2], masks[2])
+    # columns 10-12 (centres 10.5-12.5) are nearer x = 5, columns 13-15 nearer x = 21
+    assert out[0, 2:12, 10:13].all() and not out[0, 2:12, 13:16].any()
+    assert out[1, 2:12, 13:16].all() and not out[1, 2:12, 10:13].any()
+    torch.testing.assert_close(resolve_overlaps(masks, centres, max_elements=7), out)
+
+
+def test_resolve_overlaps_makes_an_images_masks_disjoint(records):
+    """MODEL.SAM.RESOLVE_OVERLAPS: masks that all cover the whole image become the partition of
+    the image by the nearest box centre."""
+    x = mapped(records[:1], is_train=False)[0]
+    x = dict(x, instances=x["instances"][:4])
+    g = build().image_size // 4
+
+    def decode(embedding, boxes, points, multimask, masks=None):
+        return torch.full((len(boxes), 1, g, g), 5.0), torch.full((len(boxes), 1), 0.8)
+
+    model = build(MODEL__SAM__RESOLVE_OVERLAPS=True)
+    model._decode = decode
+    model.eval()
+    with torch.no_grad():
+        inst = model([x])[0]["instances"]
+    masks = inst.pred_masks
+    assert (masks.sum(0) == 1).all()
+    # every pixel lies in the mask of the prompt whose box centre is nearest
+    h, w = inst.image_size
+    boxes = x["instances"].prompt_boxes.tensor
+    centres = (
+        (boxes[:, :2] + boxes[:, 2:])
+        / 2
+        * torch.tensor([w / x["image"].shape[-1], h / x["image"].shape[-2]])
+    )
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    dist = (xx[None] - centres[:, 0, None, None]) ** 2 + (yy[None] - centres[:, 1, None, None]) ** 2
+    assert (masks.float().argmax(0) == dist.argmin(0)).float().mean() > 0.999
 
 
 def test_instance_cap_limits_training_prompts(records):

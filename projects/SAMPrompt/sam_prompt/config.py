@@ -154,6 +154,16 @@ def add_sam_config(cfg):
     # object (EVAL_POINT random) loses AP with it (README: point prompts). The --interactive
     # replay keeps SAM's choice. 0 = the predicted IoU alone (SAM's).
     _C.MODEL.SAM.MULTIMASK_CENTRALITY = 0.0
+    # True: among those three masks, inference keeps one that holds the fewest of the image's other
+    # prompts' first points (then by the rule above): a mask that holds another prompt's click
+    # spans that prompt's object too. Needs all of an image's objects prompted at once, as when a
+    # tile's objects are all clicked (and evaluation's ground-truth prompts).
+    _C.MODEL.SAM.MULTIMASK_AVOID_OTHERS = False
+    # True: no pixel goes to two masks of one image; a pixel that several masks claim stays in
+    # the one whose prompt (its first point, or its box's centre) is nearest. Instances that truly
+    # overlap (a dataset's occlusions) would lose their shared pixels: for objects that tile the
+    # ground, such as ice-wedge polygons.
+    _C.MODEL.SAM.RESOLVE_OVERLAPS = False
 
     # SAM's iterative training: after the first prompt (box or point), CLICK_ROUNDS rounds each
     # add one click sampled in the error of the previous prediction (positive in a false

@@ -58,6 +58,8 @@ class SAMPrompt(nn.Module):
         input_format="RGB",
         multimask_for_single_point=True,
         multimask_centrality=0.0,
+        multimask_avoid_others=False,
+        resolve_overlaps=False,
         loss_weights=(20.0, 1.0, 1.0),
         focal_alpha=0.25,
         focal_gamma=2.0,
@@ -85,6 +87,8 @@ class SAMPrompt(nn.Module):
             input_format (str): "RGB" or "BGR", the channel order of input images.
             multimask_for_single_point (bool): see ``MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT``.
             multimask_centrality (float): see ``MODEL.SAM.MULTIMASK_CENTRALITY``.
+            multimask_avoid_others (bool): see ``MODEL.SAM.MULTIMASK_AVOID_OTHERS``.
+            resolve_overlaps (bool): see ``MODEL.SAM.RESOLVE_OVERLAPS``.
             loss_weights (tuple[float]): focal, dice, IoU-MSE.
             focal_alpha, focal_gamma (float):
             focal_region (str): see ``MODEL.SAM.LOSS.FOCAL_REGION``.
@@ -138,6 +142,8 @@ class SAMPrompt(nn.Module):
                 f"MODEL.SAM.MULTIMASK_CENTRALITY={multimask_centrality}: expected >= 0 (0 = off)"
             )
         self.multimask_centrality = multimask_centrality
+        self.multimask_avoid_others = bool(multimask_avoid_others)
+        self.resolve_overlaps = bool(resolve_overlaps)
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -241,6 +247,8 @@ class SAMPrompt(nn.Module):
             "input_format": cfg.INPUT.FORMAT,
             "multimask_for_single_point": s.MULTIMASK_FOR_SINGLE_POINT,
             "multimask_centrality": s.MULTIMASK_CENTRALITY,
+            "multimask_avoid_others": s.MULTIMASK_AVOID_OTHERS,
+            "resolve_overlaps": s.RESOLVE_OVERLAPS,
             "loss_weights": (s.LOSS.FOCAL_WEIGHT, s.LOSS.DICE_WEIGHT, s.LOSS.IOU_WEIGHT),
             "focal_alpha": s.LOSS.FOCAL_ALPHA,
             "focal_gamma": s.LOSS.FOCAL_GAMMA,
@@ -677,12 +685,14 @@ class SAMPrompt(nn.Module):
                     out = self._predict_view(emb[b : b + 1], box, pts, view, in_hw, out_hw)
                     logits, iou_pred = logits + out[0], iou_pred + out[1]
                 logits, iou_pred = logits / len(self.views), iou_pred / len(self.views)
-                if logits.shape[1] > 1:  # multimask: keep the candidate rated highest
-                    if self.multimask_centrality:  # by SAM and by the point's depth in it
-                        iou_pred = iou_pred * self._centrality(logits, pts[0][:, 0], in_hw)
-                    logits, iou_pred = self._best_candidate(logits, iou_pred)
+                if logits.shape[1] > 1:  # multimask: keep one candidate
+                    logits, iou_pred = self._choose(logits, iou_pred, points[0][:, 0], sl, in_hw)
                 masks[sl] = logits[:, 0] > self.mask_threshold
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
+            if self.resolve_overlaps and len(inst) > 1:
+                centres = points[0][:, 0] if boxes is None else (boxes[:, :2] + boxes[:, 2:]) / 2
+                scale = centres.new_tensor([out_hw[1] / in_hw[1], out_hw[0] / in_hw[0]])
+                masks = resolve_overlaps(masks, centres.float() * scale)
             if inst.has("prompt_scores"):  # prompted by a detector: rank by its confidence
                 prompt_scores = inst.prompt_scores.to(self.device)
                 scores = (
@@ -710,11 +720,52 @@ class SAMPrompt(nn.Module):
         if view[0]:  # transposed
             in_hw, out_hw = in_hw[::-1], out_hw[::-1]
         logits, iou_pred = self._decode(embedding, boxes, points, multimask)
-        if multimask and len(self.views) == 1 and not self.multimask_centrality:
-            # One view: pick before upsampling (3x cheaper).
+        sam_choice = not (self.multimask_centrality or self.multimask_avoid_others)
+        if multimask and len(self.views) == 1 and sam_choice:
+            # One view, SAM's choice: pick before upsampling (3x cheaper); the other choices
+            # read the three masks at the output size (:meth:`_choose`).
             logits, iou_pred = self._best_candidate(logits, iou_pred)
         logits = self.sam.postprocess_masks(logits, in_hw, out_hw)
         return unview_image(logits, view), iou_pred
+
+    def _choose(self, logits, iou_pred, firsts, sl, in_hw):
+        """
+        Keep one of each point's K candidate masks: the highest predicted IoU (SAM's), times the
+        point's depth in the mask with ``multimask_centrality``, among the candidates holding
+        the fewest other prompts' points with ``multimask_avoid_others``.
+
+        Args:
+            logits (Tensor[n, K, H, W]): at the output size; iou_pred (Tensor[n, K]).
+            firsts (Tensor[N, 2]): the first point of each of the image's N prompts (input
+                coordinates); ``sl`` (slice): the rows of this chunk among them.
+
+        Returns:
+            (Tensor[n, 1, H, W], Tensor[n, 1]): the kept logits and their scores.
+        """
+        rank = score = iou_pred
+        if self.multimask_centrality:
+            depth = self._centrality(logits, firsts[sl], in_hw)
+            score = iou_pred * depth
+            # A point in none of its masks: SAM's choice, scored 0.
+            rank = torch.where((depth > 0).any(1, keepdim=True), score, iou_pred)
+        if self.multimask_avoid_others and len(firsts) > 1:
+            held = self._others_held(logits, firsts, sl, in_hw)
+            fewest = held == held.amin(1, keepdim=True)
+            rank = torch.where(fewest, rank, torch.full_like(rank, float("-inf")))
+        pick = rank.argmax(1)
+        idx = torch.arange(len(pick), device=pick.device)
+        return logits[idx, pick][:, None], score[idx, pick][:, None]
+
+    def _others_held(self, logits, firsts, sl, in_hw):
+        """(n, K): how many of the image's other prompts' first points each candidate mask holds."""
+        h, w = logits.shape[-2:]
+        xy = firsts.float() * firsts.new_tensor([w / in_hw[1], h / in_hw[0]], dtype=torch.float)
+        cols = xy[:, 0].floor().long().clamp(0, w - 1)
+        rows = xy[:, 1].floor().long().clamp(0, h - 1)
+        held = logits[:, :, rows, cols] > self.mask_threshold  # (n, K, N)
+        own = torch.arange(sl.start, sl.stop, device=held.device)
+        held[torch.arange(len(own), device=held.device), :, own] = False
+        return held.sum(-1)
 
     def _centrality(self, logits, points, in_hw):
         """
@@ -906,3 +957,29 @@ class DetectorPromptedSAM(SAMPrompt):
             return super().forward(batched_inputs)
         prompts = self.detector_prompts(batched_inputs)
         return super().forward([dict(x, instances=p) for x, p in zip(batched_inputs, prompts)])
+
+
+def resolve_overlaps(masks, centres, max_elements=1 << 22):
+    """
+    Give each pixel that several masks claim to the one whose centre is nearest.
+
+    Args:
+        masks (Tensor[N, H, W] bool): one image's masks.
+        centres (Tensor[N, 2]): (x, y) of each mask's prompt, in continuous pixel coordinates
+            of the masks.
+        max_elements (int): bounds the (masks x claimed pixels) distances held at once.
+
+    Returns:
+        Tensor[N, H, W] bool: disjoint masks; pixels claimed once are unchanged.
+    """
+    masks = masks.clone()
+    rows, cols = torch.nonzero(masks.sum(0) > 1, as_tuple=True)
+    step = max(1, max_elements // max(len(masks), 1))
+    for i in range(0, len(rows), step):
+        r, c = rows[i : i + step], cols[i : i + step]
+        claim = masks[:, r, c]  # (N, P)
+        dist = (c[None] + 0.5 - centres[:, :1]) ** 2 + (r[None] + 0.5 - centres[:, 1:]) ** 2
+        owner = dist.masked_fill(~claim, float("inf")).argmin(0)
+        masks[:, r, c] = False
+        masks[owner, r, c] = True
+    return masks
