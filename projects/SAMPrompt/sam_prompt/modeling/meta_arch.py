@@ -691,8 +691,7 @@ class SAMPrompt(nn.Module):
                 scores[sl] = iou_pred[:, 0].float().clamp(0, 1)
             if self.resolve_overlaps and len(inst) > 1:
                 centres = points[0][:, 0] if boxes is None else (boxes[:, :2] + boxes[:, 2:]) / 2
-                scale = centres.new_tensor([out_hw[1] / in_hw[1], out_hw[0] / in_hw[0]])
-                masks = resolve_overlaps(masks, centres.float() * scale)
+                masks = resolve_overlaps(masks, self._on_grid(centres, in_hw, out_hw))
             if inst.has("prompt_scores"):  # prompted by a detector: rank by its confidence
                 prompt_scores = inst.prompt_scores.to(self.device)
                 scores = (
@@ -759,7 +758,7 @@ class SAMPrompt(nn.Module):
     def _others_held(self, logits, firsts, sl, in_hw):
         """(n, K): how many of the image's other prompts' first points each candidate mask holds."""
         h, w = logits.shape[-2:]
-        xy = firsts.float() * firsts.new_tensor([w / in_hw[1], h / in_hw[0]], dtype=torch.float)
+        xy = self._on_grid(firsts, in_hw, (h, w))
         cols = xy[:, 0].floor().long().clamp(0, w - 1)
         rows = xy[:, 1].floor().long().clamp(0, h - 1)
         held = logits[:, :, rows, cols] > self.mask_threshold  # (n, K, N)
@@ -767,14 +766,18 @@ class SAMPrompt(nn.Module):
         held[torch.arange(len(own), device=held.device), :, own] = False
         return held.sum(-1)
 
+    @staticmethod
+    def _on_grid(xy, in_hw, hw):
+        """(N, 2) float (x, y) on the image of size ``in_hw`` -> on a grid of size ``hw``."""
+        return xy.float() * xy.new_tensor([hw[1] / in_hw[1], hw[0] / in_hw[0]], dtype=torch.float)
+
     def _centrality(self, logits, points, in_hw):
         """
         (N, K, H, W) logits at the output size, (N, 2) points on the image of size ``in_hw`` ->
         (N, K): how deep each point lies in each mask (:func:`point_depth`), to the power
         ``multimask_centrality``.
         """
-        h, w = logits.shape[-2:]
-        xy = points.float().cpu().numpy() * np.array([w / in_hw[1], h / in_hw[0]])
+        xy = self._on_grid(points, in_hw, logits.shape[-2:]).cpu().numpy()
         depth = point_depth((logits > self.mask_threshold).cpu().numpy(), xy)
         return torch.from_numpy(depth).to(logits) ** self.multimask_centrality
 
