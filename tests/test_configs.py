@@ -153,3 +153,22 @@ def test_interactive_shorthand_turns_test_aug_off(tmp_path):
     cfg = setup(argument_parser().parse_args(["--interactive", *base]))
     assert cfg.MODEL.SAM.TEST_AUG == "" and cfg.MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS == 20
     build_model(cfg)  # accepted: no test-time augmentation with the clicks
+
+
+def test_centrality_warns_when_evaluation_clicks_land_anywhere(sam_log):
+    from sam_prompt.engine import warn_centrality_with_random_points
+
+    cfg = load_config(
+        os.path.join(CONFIGS, "sam_small_point_cpu.yaml"),
+        ["MODEL.SAM.MULTIMASK_CENTRALITY", 0.5],
+    )
+    for eval_point, warned in (("interior", False), ("center", False), ("random", True)):
+        sam_log.clear()
+        cfg.defrost()
+        cfg.MODEL.SAM.PROMPT.EVAL_POINT = eval_point
+        warn_centrality_with_random_points(cfg)
+        assert ("add MODEL.SAM.MULTIMASK_CENTRALITY 0" in sam_log.text) == warned, eval_point
+    sam_log.clear()
+    cfg.MODEL.SAM.MULTIMASK_CENTRALITY = 0.0
+    warn_centrality_with_random_points(cfg)
+    assert "MULTIMASK_CENTRALITY" not in sam_log.text
