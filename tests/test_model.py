@@ -582,6 +582,31 @@ def test_fine_features_start_as_plain_sam_and_learn_through_the_chunked_loss(rec
         build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__CUSTOM__PATCH_SIZE=4)
 
 
+def test_fused_channel_norm_matches_sams_in_values_and_gradients():
+    from segment_anything.modeling.common import LayerNorm2d
+
+    from sam_prompt.modeling.fine_features import _LayerNorm2d
+
+    torch.manual_seed(0)
+    ref, fused = LayerNorm2d(6), _LayerNorm2d(6)
+    with torch.no_grad():
+        ref.weight.normal_()
+        ref.bias.normal_()
+    assert not fused.load_state_dict(ref.state_dict()).missing_keys  # checkpoints load either way
+    x = (torch.randn(2, 6, 9, 7) * 3 + 1).requires_grad_()
+    g = torch.randn(2, 6, 9, 7)
+    outs, grads = [], []
+    for m in (ref, fused):
+        y = m(x)
+        y.backward(g)
+        outs.append(y.detach())
+        grads.append([x.grad.clone(), m.weight.grad, m.bias.grad])
+        x.grad = None
+    torch.testing.assert_close(outs[1], outs[0])
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b)
+
+
 def test_deeper_fine_stem_starts_as_the_shallow_one_and_widens_what_features_see(records):
     shallow = build(MODEL__SAM__FINE_FEATURES=8)
     model = build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__FINE_DEPTH=2)
