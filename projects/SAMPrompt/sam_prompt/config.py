@@ -23,6 +23,7 @@ def load_config(config_file, opts=(), freeze=True):
     if cfg.MODEL.META_ARCHITECTURE == "SAMPrompt":
         from .prompts import validate_prompt_source
 
+        _warn_centrality_with_random_points(cfg, logger)
         if validate_prompt_source(cfg) == "detector":
             cfg.MODEL.META_ARCHITECTURE = "DetectorPromptedSAM"
             logger.info(
@@ -31,6 +32,21 @@ def load_config(config_file, opts=(), freeze=True):
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _warn_centrality_with_random_points(cfg, logger):
+    """
+    MODEL.SAM.MULTIMASK_CENTRALITY prefers the mask a click lies deepest in, which assumes clicks
+    near their objects' middles; evaluation points placed anywhere in an object break that.
+    """
+    s = cfg.MODEL.SAM
+    if s.PROMPT.TYPE == "point" and s.MULTIMASK_CENTRALITY > 0 and s.PROMPT.EVAL_POINT == "random":
+        logger.warning(
+            f"MODEL.SAM.MULTIMASK_CENTRALITY {s.MULTIMASK_CENTRALITY} prefers the mask a click "
+            "lies deepest in, for clicks near their objects' middles; MODEL.SAM.PROMPT.EVAL_POINT "
+            "random places them anywhere in the object, where it costs AP (README: point "
+            "prompts). For such clicks add MODEL.SAM.MULTIMASK_CENTRALITY 0"
+        )
 
 
 def add_sam_config(cfg):

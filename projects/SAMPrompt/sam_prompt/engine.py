@@ -399,28 +399,7 @@ def setup(args):
     )
     register_cfg_datasets(cfg)
     check_num_classes(cfg)
-    warn_centrality_with_random_points(cfg)
     return cfg
-
-
-def warn_centrality_with_random_points(cfg):
-    """
-    MODEL.SAM.MULTIMASK_CENTRALITY prefers the mask a click lies deepest in, which assumes clicks
-    near their objects' middles; evaluation points placed anywhere in an object break that.
-    """
-    s = cfg.MODEL.SAM
-    if (
-        uses_prompts(cfg)
-        and s.PROMPT.TYPE == "point"
-        and s.MULTIMASK_CENTRALITY > 0
-        and s.PROMPT.EVAL_POINT == "random"
-    ):
-        logger.warning(
-            f"MODEL.SAM.MULTIMASK_CENTRALITY {s.MULTIMASK_CENTRALITY} prefers the mask a click "
-            "lies deepest in, for clicks near their objects' middles; MODEL.SAM.PROMPT.EVAL_POINT "
-            "random places them anywhere in the object, where it costs AP (README: point "
-            "prompts). For such clicks add MODEL.SAM.MULTIMASK_CENTRALITY 0"
-        )
 
 
 def check_num_classes(cfg):
