@@ -102,6 +102,8 @@ class FineFeatures(nn.Module):
 
     def features(self, images):
         """(B, 3, S, S) preprocessed images -> their fine features (B, c, 4h, 4w)."""
+        # Channels-last throughout: the norms' permutes are then views, not copies.
+        images = images.contiguous(memory_format=torch.channels_last)
         hidden = self.stem[:-1](images)  # the blocks go before the stem's output layer
         return self.stem[-1](self.blocks(hidden))
 
