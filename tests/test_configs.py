@@ -162,9 +162,10 @@ def test_centrality_warns_when_evaluation_clicks_land_anywhere(sam_log):
         sam_log.clear()
         load_config(point_cfg, ["MODEL.SAM.PROMPT.EVAL_POINT", eval_point])
         assert ("add MODEL.SAM.MULTIMASK_CENTRALITY 0" in sam_log.text) == warned, eval_point
-    sam_log.clear()
-    load_config(
-        point_cfg,
-        ["MODEL.SAM.PROMPT.EVAL_POINT", "random", "MODEL.SAM.MULTIMASK_CENTRALITY", 0.0],
-    )
-    assert "MULTIMASK_CENTRALITY" not in sam_log.text
+    for off in (
+        ["MODEL.SAM.MULTIMASK_CENTRALITY", 0.0],
+        ["MODEL.SAM.MULTIMASK_FOR_SINGLE_POINT", False],
+    ):
+        sam_log.clear()
+        load_config(point_cfg, ["MODEL.SAM.PROMPT.EVAL_POINT", "random", *off])
+        assert "MULTIMASK_CENTRALITY" not in sam_log.text, off

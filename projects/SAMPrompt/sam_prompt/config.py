@@ -23,12 +23,13 @@ def load_config(config_file, opts=(), freeze=True):
     if cfg.MODEL.META_ARCHITECTURE == "SAMPrompt":
         from .prompts import validate_prompt_source
 
-        _warn_centrality_with_random_points(cfg, logger)
         if validate_prompt_source(cfg) == "detector":
             cfg.MODEL.META_ARCHITECTURE = "DetectorPromptedSAM"
             logger.info(
                 "MODEL.SAM.DETECTOR.CONFIG_FILE is set: META_ARCHITECTURE DetectorPromptedSAM"
             )
+        else:
+            _warn_centrality_with_random_points(cfg, logger)
     if freeze:
         cfg.freeze()
     return cfg
@@ -37,10 +38,16 @@ def load_config(config_file, opts=(), freeze=True):
 def _warn_centrality_with_random_points(cfg, logger):
     """
     MODEL.SAM.MULTIMASK_CENTRALITY prefers the mask a click lies deepest in, which assumes clicks
-    near their objects' middles; evaluation points placed anywhere in an object break that.
+    near their objects' middles; evaluation points placed anywhere in an object break that. It
+    chooses among a point's three masks: without them it does nothing, and nothing is said.
     """
     s = cfg.MODEL.SAM
-    if s.PROMPT.TYPE == "point" and s.MULTIMASK_CENTRALITY > 0 and s.PROMPT.EVAL_POINT == "random":
+    if (
+        s.PROMPT.TYPE == "point"
+        and s.MULTIMASK_FOR_SINGLE_POINT
+        and s.MULTIMASK_CENTRALITY > 0
+        and s.PROMPT.EVAL_POINT == "random"
+    ):
         logger.warning(
             f"MODEL.SAM.MULTIMASK_CENTRALITY {s.MULTIMASK_CENTRALITY} prefers the mask a click "
             "lies deepest in, for clicks near their objects' middles; MODEL.SAM.PROMPT.EVAL_POINT "
