@@ -162,9 +162,10 @@ def test_bad_input_is_one_line(weights, tmp_path):
     assert "does not fit this model" in err and "\n" not in err
 
 
-def test_fine_features_model_is_refused(weights, tmp_path):
-    # The official layout and the ONNX decoder have no input for the fine image features: an
-    # export without them would give other masks.
+@pytest.mark.parametrize("key", ["FINE_FEATURES", "DECODER_WINDOW"])
+def test_model_beyond_the_official_decoder_is_refused(weights, tmp_path, key):
+    # The official layout and the ONNX decoder have no input for the fine image features, and
+    # decode the whole embedding: an export would give other masks.
     err = run(
         "--config-file",
         CFG,
@@ -174,8 +175,8 @@ def test_fine_features_model_is_refused(weights, tmp_path):
         tmp_path / "x.pth",
         "MODEL.WEIGHTS",
         weights,
-        "MODEL.SAM.FINE_FEATURES",
+        f"MODEL.SAM.{key}",
         8,
     )
-    assert "FINE_FEATURES" in err and "\n" not in err
+    assert key in err and "\n" not in err
     assert not os.path.exists(tmp_path / "x.pth")

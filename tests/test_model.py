@@ -35,9 +35,10 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("window", [0, 2])
 @pytest.mark.parametrize("prompt", ["box", "point"])
-def test_chunked_equals_one_shot_and_plain_autograd(records, prompt):
-    overrides = dict(MODEL__SAM__PROMPT__TYPE=prompt)
+def test_chunked_equals_one_shot_and_plain_autograd(records, prompt, window):
+    overrides = dict(MODEL__SAM__PROMPT__TYPE=prompt, MODEL__SAM__DECODER_WINDOW=window)
     batch = mapped(records, **overrides)
     results = {}
     for chunk in (7, 0):
@@ -580,6 +581,70 @@ def test_fine_features_start_as_plain_sam_and_learn_through_the_chunked_loss(rec
         build(MODEL__SAM__FINE_DEPTH=2)
     with pytest.raises(ValueError, match="divisible by 8"):
         build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__CUSTOM__PATCH_SIZE=4)
+
+
+def test_windowed_decoding_sees_its_window_only_and_is_shift_equivariant():
+    from sam_prompt.modeling.decoder_window import OUTSIDE_LOGIT, PromptWindows
+
+    model = build(
+        MODEL__SAM__DECODER_WINDOW=2,
+        MODEL__SAM__FINE_FEATURES=8,
+        MODEL__SAM__PROMPT__BOX_AS_MASK="ellipse",
+    )
+    plain = build(MODEL__SAM__FINE_FEATURES=8, MODEL__SAM__PROMPT__BOX_AS_MASK="ellipse")
+    with torch.no_grad():
+        model.fine_features.stem[-1].weight.normal_(std=0.1)  # features that reach the masks
+    plain.load_state_dict(model.state_dict())
+    model.eval(), plain.eval()
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, 64 + 16 * 8, 16, 16, generator=g)  # 16 x 16 cells of 16 px, folded
+    # Cells (x, y): 4-6 x 5-6 and 8-9 x 7-8 -> 8-cell windows; 6-12 x 3-11 -> the whole grid.
+    boxes = torch.tensor([[70.0, 80, 100, 105], [130, 120, 150, 140], [100, 60, 200, 180]])
+
+    def decode(m, e, b=None, p=None):
+        with torch.no_grad():
+            return m._decode(e, b, p, False)[0]
+
+    logits = decode(model, emb, boxes)
+    assert logits.shape == (3, 1, 64, 64)
+    groups = PromptWindows.around(boxes, None, (16, 16), 16.0, 2)
+    sides = {int(i): w.side for idx, w in groups for i in idx}
+    assert sides == {0: (8, 8), 1: (8, 8), 2: (16, 16)}
+    # Outside its window a mask is background (a window of 8 cells: 32 x 32 mask cells).
+    assert (logits[:2] != OUTSIDE_LOGIT).flatten(1).sum(1).tolist() == [32 * 32] * 2
+    assert (logits[2] != OUTSIDE_LOGIT).all()
+    # Each prompt's mask is that of the prompt decoded alone.
+    for i in range(3):
+        torch.testing.assert_close(decode(model, emb, boxes[i : i + 1]), logits[i : i + 1])
+    # The image outside a prompt's window does not reach its mask.
+    far = emb.clone()
+    far[..., 12:, :] = torch.randn(1, far.shape[1], 4, 16, generator=g)
+    torch.testing.assert_close(decode(model, far, boxes[:2]), logits[:2])
+
+    # Image and prompts moved by whole cells: the masks move with them (SAM's absolute positional
+    # encoding does not allow this: the plain decoder's masks change).
+    dy, dx = 2, 3
+    moved = emb.roll((dy, dx), dims=(2, 3))
+    shift = torch.tensor([dx, dy, dx, dy]) * 16.0
+    for m, equal in ((model, True), (plain, False)):
+        back = decode(m, moved, boxes[:2] + shift).roll((-4 * dy, -4 * dx), dims=(2, 3))
+        assert torch.allclose(back, decode(m, emb, boxes[:2]), atol=1e-4) == equal
+
+    # Points: the window is around the real points; padding points do not move it.
+    coords = torch.tensor([[[85.0, 90.0]], [[140.0, 130.0]]])
+    labels = torch.ones(2, 1, dtype=torch.long)
+    one = decode(model, emb, None, (coords, labels))
+    assert (one != OUTSIDE_LOGIT).flatten(1).sum(1).tolist() == [32 * 32] * 2  # 1 + 2 x 2 -> 8
+    padded = [
+        (torch.cat([coords, torch.full((2, 1, 2), at)], 1), torch.tensor([[1, -1]] * 2))
+        for at in (0.0, 250.0)
+    ]
+    torch.testing.assert_close(
+        decode(model, emb, None, padded[1]), decode(model, emb, None, padded[0])
+    )
+
+    with pytest.raises(ValueError, match="DECODER_WINDOW"):
+        build(MODEL__SAM__DECODER_WINDOW=-1)
 
 
 def test_fused_channel_norm_matches_sams_in_values_and_gradients():

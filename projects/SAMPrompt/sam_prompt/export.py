@@ -63,6 +63,14 @@ def load_model(cfg):
             "features feed the mask decoder, and neither the official checkpoint layout nor the "
             "ONNX decoder has an input for them; train without them to export"
         )
+    if cfg.MODEL.SAM.DECODER_WINDOW > 0:
+        raise ExportError(
+            f"this model has MODEL.SAM.DECODER_WINDOW {cfg.MODEL.SAM.DECODER_WINDOW}: it decodes "
+            "each prompt on a window of the embedding around it, with the window's own "
+            "positions; the official checkpoint layout and the ONNX decoder decode the whole "
+            "embedding, where its masks would be wrong. Train with MODEL.SAM.DECODER_WINDOW 0 "
+            "to export"
+        )
     SAMCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     prompt = cfg.MODEL.SAM.PROMPT
     if prompt.BOX_AS_MASK or prompt.POINT_AS_MASK > 0:

@@ -4,6 +4,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from .baselines import FilledPromptBox, InscribedEllipse
 from .build_sam import build_sam, copy_single_mask_output, load_sam_checkpoint
+from .decoder_window import PromptWindows
 from .meta_arch import DetectorPromptedSAM, SAMPrompt
 from .timm_backbone import TimmBackbone, build_timm_fpn_backbone
 

@@ -17,6 +17,7 @@ from ..prompts import PAD_LABEL, point_depth, prompt_instances, validate_prompt_
 from ..transforms import TEST_AUG_VIEWS, unview_image, view_boxes, view_image, view_xy
 from .build_sam import build_sam, load_sam_checkpoint, sam_arch_from_cfg
 from .clicks import append_clicks, corrective_click, sample_clicks
+from .decoder_window import PromptWindows
 from .embedding_cache import EmbeddingCache, module_digest
 from .fine_features import FineFeatures
 from .losses import chunked_loss, mask_iou, mask_losses
@@ -78,6 +79,7 @@ class SAMPrompt(nn.Module):
         point_as_mask=0.0,
         fine_features=None,
         test_aug="",
+        decoder_window=0,
         prompts_trained=-1,
     ):
         """
@@ -122,6 +124,9 @@ class SAMPrompt(nn.Module):
             test_aug (str): "" (off), "flip" or "d4": predict each prompt on these views of the
                 image (:data:`TEST_AUG_VIEWS`) and average the masks' logits and predicted IoUs
                 (``MODEL.SAM.TEST_AUG``).
+            decoder_window (int): > 0: decode each prompt on a window of the embedding around it,
+                this many cells each side (:class:`PromptWindows`, ``MODEL.SAM.DECODER_WINDOW``);
+                0: on the whole embedding, as SAM does.
             prompts_trained (int): what ``sam``'s weights were trained with: -1 unknown (as
                 official weights, which were trained with every prompt: nothing is checked), 0
                 nothing yet (random weights), else bits ``TRAINED_*``. Kept in checkpoints as
@@ -203,6 +208,12 @@ class SAMPrompt(nn.Module):
                 "MODEL.SAM.INTERACTIVE_EVAL.MAX_CLICKS 0 or MODEL.SAM.TEST_AUG ''"
             )
         self.views = TEST_AUG_VIEWS[test_aug]
+        if decoder_window < 0:
+            raise ValueError(
+                f"MODEL.SAM.DECODER_WINDOW={decoder_window}: cells around each prompt, >= 0 "
+                "(0 = the whole embedding)"
+            )
+        self.decoder_window = int(decoder_window)
         self.register_buffer("prompts_trained", torch.tensor(int(prompts_trained)))
         self.fine_features = fine_features
         self._fine = None  # the fine features of the image being decoded (see _decode)
@@ -268,6 +279,7 @@ class SAMPrompt(nn.Module):
             # Official weights were trained with every prompt; random ones with none yet.
             "prompts_trained": -1 if s.CHECKPOINT else 0,
             "test_aug": s.TEST_AUG,
+            "decoder_window": s.DECODER_WINDOW,
         }
 
     @property
@@ -373,22 +385,72 @@ class SAMPrompt(nn.Module):
             masks = self._box_masks(boxes)
         elif masks is None and boxes is None and points is not None and self.point_as_mask > 0:
             masks = self._point_masks(*points)
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        fine = None
         if self.fine_features is not None:
-            embedding, self._fine = self.fine_features.unfold(embedding)
+            embedding, fine = self.fine_features.unfold(embedding)
+        groups = None
+        if self.decoder_window > 0:
+            h, w = embedding.shape[-2:]
+            groups = PromptWindows.around(
+                boxes, points, (h, w), self.image_size / w, self.decoder_window
+            )
+        if groups is None:
+            logits, iou_pred = self._decode_on(embedding, fine, boxes, points, masks, multimask)
+        else:
+            outs = []
+            for idx, window in groups:
+                outs.append(
+                    self._decode_on(
+                        embedding,
+                        fine,
+                        None if boxes is None else boxes[idx],
+                        None if points is None else (points[0][idx], points[1][idx]),
+                        None if masks is None else masks[idx],
+                        multimask,
+                        window,
+                    )
+                )
+            back = torch.cat([idx for idx, _ in groups]).argsort()  # to the prompts' order
+            logits = torch.cat([out[0] for out in outs])[back]
+            iou_pred = torch.cat([out[1] for out in outs])[back]
+        if fine is not None and self.fine_features.refinement is not None:
+            logits, iou_pred = self.fine_features.refinement(logits, fine, iou_pred)
+        return logits, iou_pred
+
+    def _decode_on(self, embedding, fine, boxes, points, masks, multimask, window=None):
+        """
+        SAM's prompt encoder and mask decoder on the embedding (1, C, h, w), or on a window of it
+        per prompt (:class:`PromptWindows`, the logits pasted back on the whole grid).
+        """
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        if window is not None:
+            sh, sw = window.side
+            boxes, points = window.shift(boxes, points)
+            if masks is not None:  # SAM's mask prompts are on a grid 4x the embedding's
+                masks = window.gather(masks, scale=4)
+            image_pe = image_pe[..., :sh, :sw]
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        if window is not None:
+            # SAM's decoder adds each prompt's dense embedding to the image embedding it repeats
+            # per prompt: each prompt's window goes in through that sum.
+            dense = window.gather(embedding) + dense[..., :sh, :sw]
+            embedding = embedding.new_zeros(1, embedding.shape[1], sh, sw)
+            if fine is not None:
+                fine = window.gather(fine, scale=4)
+        self._fine = fine
         try:
             logits, iou_pred = self.sam.mask_decoder(
                 image_embeddings=embedding,
-                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                image_pe=image_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
-            if self._fine is not None and self.fine_features.refinement is not None:
-                logits, iou_pred = self.fine_features.refinement(logits, self._fine, iou_pred)
-            return logits, iou_pred
         finally:
             self._fine = None
+        if window is not None:
+            logits = window.paste(logits, scale=4)
+        return logits, iou_pred
 
     def _add_fine_features(self, module, inputs, upscaled):
         """Forward hook of the decoder's output upscaling: (N, c, H, W) + (1, c, H, W)."""
