@@ -142,8 +142,8 @@ def add_sam_config(cfg):
     # weights of fewer passes load and start as they were (README: point prompts, 2 passes).
     _C.MODEL.SAM.FINE_REFINE_PASSES = 1
     # > 0: decode each prompt on a window of the image embedding around it (its box, or its
-    # points, grown by this many cells each side; one size for the prompts decoded together)
-    # instead of the whole embedding: the decoder's attention and upscaling then cost the window's
+    # points, grown by this many cells each side; the side rounded up to 4 cells, prompts grouped
+    # by it) instead of the whole embedding: the decoder's attention and upscaling then cost the window's
     # cells, not the grid's (small objects, CPU). Outside the window the mask is background.
     # 0 = the whole embedding, as SAM (and its official weights) decode.
     _C.MODEL.SAM.DECODER_WINDOW = 0

@@ -269,7 +269,7 @@ class Trainer(DefaultTrainer):
         # On the CPU PyTorch's default AdamW updates one parameter tensor at a time: ~40 ms a step
         # for sam_small_cpu.yaml's ~200 small tensors, against ~4 ms for its fused kernel (CPU
         # since PyTorch 2.4). On CUDA its default (all tensors at once) stays.
-        fused = cfg.MODEL.DEVICE == "cpu" and _torch_at_least(2, 4)
+        fused = cfg.MODEL.DEVICE == "cpu" and torch.__version__ >= (2, 4)  # a TorchVersion
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
             params,
             lr=cfg.SOLVER.BASE_LR,
@@ -280,11 +280,6 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
-
-
-def _torch_at_least(major, minor):
-    version = torch.__version__.split("+")[0].split(".")
-    return (int(version[0]), int(version[1])) >= (major, minor)
 
 
 def _check_multimask_init(cfg):
